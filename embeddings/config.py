@@ -1,0 +1,103 @@
+"""Configuration of the DeepMoji-style content model (the ``content`` section of NearlineConfig).
+
+Defaults are small enough to train on 2 CPU cores in minutes; the DeepMoji paper's sizes
+(arXiv 1708.00524) are given in the field descriptions.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
+
+
+class ContentModelConfig(BaseModel):
+    """Text preprocessing, model shape, training and label-extraction settings of the content model."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # --- vocabulary and tokenisation
+    vocab_size: PositiveInt = Field(30_000, description="Most frequent words kept (paper: 50,000).")
+    min_count: PositiveInt = Field(2, description="A word needs this many corpus occurrences to enter the vocabulary.")
+    max_len_tokens: PositiveInt = Field(40, description="Tokens per post read by the deep path (paper: 30).")
+    subword_buckets: PositiveInt = Field(
+        2**16, description="Hash buckets of the char 3-5-gram fallback that embeds words outside the vocabulary."
+    )
+
+    # --- deep (DeepMoji) path
+    embedding_dim: PositiveInt = Field(128, description="Token embedding size (paper: 256).")
+    lstm_hidden: PositiveInt = Field(128, description="Hidden units per direction of each BiLSTM layer (paper: 512).")
+    attention_over: Literal["all_layers", "last_layer"] = Field(
+        "all_layers",
+        description="'all_layers' attends over [embedding, BiLSTM 1, BiLSTM 2] as DeepMoji (skip connections); "
+        "'last_layer' over the second BiLSTM only.",
+    )
+    content_embedding_dim: PositiveInt = Field(
+        128, description="Size of the content embedding; with project_embedding=False it must equal the pooled size."
+    )
+    project_embedding: bool = Field(True, description="Linear projection of the attention-pooled vector.")
+    l2_normalize_embedding: bool = Field(True, description="L2-normalise the content embedding (cosine = dot).")
+    embed_dropout: float = Field(0.2, ge=0.0, lt=1.0, description="Dropout on token embeddings (paper: 0.25).")
+    final_dropout: float = Field(0.4, ge=0.0, lt=1.0, description="Dropout before the softmax heads (paper: 0.5).")
+
+    # --- wide path (hashed n-grams, logits ensembled with the deep path)
+    wide_enabled: bool = Field(True, description="Add the hashed word/char n-gram linear path.")
+    wide_buckets: PositiveInt = Field(2**19, description="Hash buckets shared by word 1-2-grams and char 3-5-grams.")
+    wide_dim: PositiveInt = Field(
+        64, description="Size of the pooled n-gram vector (fastText-like bottleneck) before the wide head."
+    )
+    wide_word_ngrams: PositiveInt = Field(2, description="Word n-grams 1..n in the wide path.")
+    wide_char_ngram_min: PositiveInt = Field(3, description="Smallest char n-gram in the wide path.")
+    wide_char_ngram_max: PositiveInt = Field(5, description="Largest char n-gram in the wide path.")
+
+    # --- training
+    epochs: PositiveInt = Field(8, description="Maximum epochs (early stopping may end sooner).")
+    batch_size: PositiveInt = Field(256, description="Examples per optimiser step.")
+    learning_rate: float = Field(2e-3, gt=0.0, description="Peak learning rate of the schedule (Adam).")
+    wide_learning_rate: float = Field(
+        5e-3, gt=0.0, description="Peak learning rate of the sparse wide-path embeddings (SparseAdam)."
+    )
+    lr_schedule: Literal["one_cycle", "constant", "cosine"] = Field("one_cycle", description="Per-step schedule.")
+    weight_decay: float = Field(0.0, ge=0.0, description="AdamW decoupled weight decay on dense weights.")
+    grad_clip_norm: float = Field(1.0, gt=0.0, description="Gradient norm clip of dense weights (paper: 1).")
+    early_stopping_patience: PositiveInt = Field(2, description="Epochs without val macro-F1 gain before stopping.")
+    class_weighting: Literal["none", "sqrt", "balanced"] = Field(
+        "sqrt", description="Loss weights per class: none, inverse square root of frequency, or inverse frequency."
+    )
+    tune_logit_bias: bool = Field(
+        True, description="Fit a per-class logit bias and the wide/deep mix on validation to maximise macro-F1."
+    )
+    val_fraction: float = Field(
+        0.1, gt=0.0, lt=0.5, description="Validation share held out when the training data has no val split."
+    )
+    num_threads: PositiveInt = Field(2, description="torch CPU threads for training and encoding.")
+
+    # --- labels (emoji label extraction)
+    num_labels: PositiveInt = Field(64, description="Label set: the N most frequent emojis (DeepMoji: 64).")
+    max_examples_per_label: PositiveInt = Field(
+        20_000, description="Cap of training examples per emoji label (balances the head classes)."
+    )
+    min_text_tokens: PositiveInt = Field(1, description="Posts with fewer tokens after emoji removal are dropped.")
+
+    seed: int = Field(0, description="Seed of initialisation, shuffling and splits.")
+
+    @model_validator(mode="after")
+    def _check_sizes(self) -> ContentModelConfig:
+        if not self.project_embedding and self.content_embedding_dim != self.pooled_dim:
+            raise ValueError(
+                f"content_embedding_dim={self.content_embedding_dim} but without projection the embedding is "
+                f"the attention-pooled vector of size {self.pooled_dim}; set project_embedding=true or "
+                f"content_embedding_dim={self.pooled_dim}"
+            )
+        if self.wide_char_ngram_min > self.wide_char_ngram_max:
+            raise ValueError(
+                f"wide_char_ngram_min={self.wide_char_ngram_min} > wide_char_ngram_max={self.wide_char_ngram_max}"
+            )
+        return self
+
+    @property
+    def pooled_dim(self) -> int:
+        """Size of the attention-pooled vector."""
+        if self.attention_over == "all_layers":
+            return self.embedding_dim + 4 * self.lstm_hidden
+        return 2 * self.lstm_hidden
