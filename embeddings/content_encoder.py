@@ -1,0 +1,329 @@
+"""The DeepMoji-shaped content model, its artifact format and batch encoding.
+
+Deep path (DeepMoji, arXiv 1708.00524): token embedding (words, or hashed char n-grams for words outside
+the vocabulary) -> tanh -> two BiLSTM layers -> attention over the concatenation of the embedding and both
+LSTM outputs -> softmax head. The content embedding is the attention-pooled vector, optionally projected
+and L2-normalised.
+
+Wide path (optional): hashed word 1-2-grams and char 3-5-grams, pooled (fastText-like) -> softmax head.
+The two heads are trained side by side and their log-probabilities are mixed (weight ``wide_weight``)
+with a per-class ``logit_bias``, both fitted on validation data for macro-F1.
+
+Artifact directory (:func:`save_content_model`): ``model.pt`` (state dict + format version, read with
+``weights_only=True``), ``vocab.json``, ``labels.json``, ``config.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+from embeddings.config import ContentModelConfig
+from embeddings.text import Vocabulary, load_vocabulary, save_vocabulary, tokenize, wide_feature_ids
+
+MODEL_FORMAT = "nearline-content-model"
+MODEL_FORMAT_VERSION = 1
+
+
+@dataclass
+class TextFeatures:
+    """Pre-computed model inputs of N texts, as flat arrays.
+
+    Attributes:
+        token_rows: int64 (R,) embedding rows of all token bags, text after text.
+        bag_sizes: int64 (K,) rows per token bag.
+        tokens_per_text: int64 (N,) token bags per text (>= 1).
+        wide_ids: int64 (W,) hashed n-gram buckets, text after text (empty when the wide path is off).
+        wide_per_text: int64 (N,) buckets per text.
+    """
+
+    token_rows: np.ndarray
+    bag_sizes: np.ndarray
+    tokens_per_text: np.ndarray
+    wide_ids: np.ndarray
+    wide_per_text: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.tokens_per_text)
+
+
+@dataclass
+class Batch:
+    """Tensors for one forward pass over B texts (T = longest text in tokens)."""
+
+    token_rows: torch.Tensor  # int64 (R,)
+    token_offsets: torch.Tensor  # int64 (B*T,) start of each position's bag; padding bags hold row 0
+    lengths: torch.Tensor  # int64 (B,) on CPU, for packing
+    wide_ids: torch.Tensor  # int64 (W,)
+    wide_offsets: torch.Tensor  # int64 (B,)
+    wide_weights: torch.Tensor  # float32 (W,) 1/sqrt(n) per text
+
+    def to(self, device: torch.device) -> Batch:
+        return Batch(self.token_rows.to(device), self.token_offsets.to(device), self.lengths,
+                     self.wide_ids.to(device), self.wide_offsets.to(device), self.wide_weights.to(device))
+
+
+def featurize(texts: Sequence[str | bytes], vocab: Vocabulary, config: ContentModelConfig) -> TextFeatures:
+    """Tokenise and hash ``texts`` once, so epochs only gather arrays."""
+    token_rows: list[int] = []
+    bag_sizes: list[int] = []
+    tokens_per_text = np.empty(len(texts), dtype=np.int64)
+    wide_ids: list[int] = []
+    wide_per_text = np.zeros(len(texts), dtype=np.int64)
+    for i, text in enumerate(texts):
+        tokens = tokenize(text)
+        bags = [vocab.token_bag(t) for t in tokens[: config.max_len_tokens]] or [vocab.token_bag("<empty>")]
+        tokens_per_text[i] = len(bags)
+        for bag in bags:
+            token_rows.extend(bag)
+            bag_sizes.append(len(bag))
+        if config.wide_enabled:
+            ids = wide_feature_ids(tokens, config.wide_buckets, config.wide_word_ngrams,
+                                   config.wide_char_ngram_min, config.wide_char_ngram_max)
+            wide_ids.extend(ids)
+            wide_per_text[i] = len(ids)
+    return TextFeatures(np.asarray(token_rows, dtype=np.int64), np.asarray(bag_sizes, dtype=np.int64),
+                        tokens_per_text, np.asarray(wide_ids, dtype=np.int64), wide_per_text)
+
+
+class _FeatureIndex:
+    """Start offsets into the flat arrays of a :class:`TextFeatures`, for gathering batches."""
+
+    def __init__(self, features: TextFeatures) -> None:
+        self.features = features
+        self.bag_start = np.concatenate([[0], np.cumsum(features.tokens_per_text)])
+        self.row_start = np.concatenate([[0], np.cumsum(features.bag_sizes)])
+        self.wide_start = np.concatenate([[0], np.cumsum(features.wide_per_text)])
+
+    def batch(self, indices: np.ndarray) -> Batch:
+        f = self.features
+        lengths = f.tokens_per_text[indices]
+        max_len = int(lengths.max())
+        rows: list[np.ndarray] = []
+        sizes: list[np.ndarray] = []
+        for i, n in zip(indices, lengths):
+            b0, b1 = self.bag_start[i], self.bag_start[i + 1]
+            rows.append(f.token_rows[self.row_start[b0]: self.row_start[b1]])
+            sizes.append(f.bag_sizes[b0:b1])
+            if n < max_len:
+                # Padding positions are one-row bags of row 0 (the <pad> word), which EmbeddingBag zeroes.
+                rows.append(np.zeros(max_len - n, dtype=np.int64))
+                sizes.append(np.ones(max_len - n, dtype=np.int64))
+        bag_sizes = np.concatenate(sizes)
+        offsets = np.concatenate([[0], np.cumsum(bag_sizes)[:-1]])
+        wide = [f.wide_ids[self.wide_start[i]: self.wide_start[i + 1]] for i in indices]
+        wide_counts = np.array([len(w) for w in wide], dtype=np.int64)
+        wide_ids = np.concatenate(wide) if wide_counts.sum() else np.zeros(0, dtype=np.int64)
+        wide_offsets = np.concatenate([[0], np.cumsum(wide_counts)[:-1]])
+        wide_weights = np.repeat(1.0 / np.sqrt(np.maximum(wide_counts, 1)), wide_counts).astype(np.float32)
+        return Batch(torch.from_numpy(np.concatenate(rows)), torch.from_numpy(offsets),
+                     torch.from_numpy(lengths.copy()), torch.from_numpy(wide_ids),
+                     torch.from_numpy(wide_offsets), torch.from_numpy(wide_weights))
+
+
+def iterate_batches(features: TextFeatures, batch_size: int, order: np.ndarray | None = None
+                    ) -> Iterator[tuple[np.ndarray, Batch]]:
+    """Yield ``(indices, batch)`` over ``features`` in ``order`` (default: input order)."""
+    index = _FeatureIndex(features)
+    order = np.arange(len(features)) if order is None else order
+    for start in range(0, len(order), batch_size):
+        indices = order[start: start + batch_size]
+        yield indices, index.batch(indices)
+
+
+class ContentModel(nn.Module):
+    """DeepMoji-shaped classifier whose attention-pooled vector is the content embedding.
+
+    ``vocab``, ``labels`` (label index -> emoji or class name) and ``config`` travel with the model so
+    :func:`encode_texts` needs nothing else.
+    """
+
+    def __init__(self, config: ContentModelConfig, vocab_size: int, num_labels: int) -> None:
+        super().__init__()
+        self.config = config
+        self.num_labels = num_labels
+        self.vocab: Vocabulary | None = None
+        self.labels: list[str] = [str(i) for i in range(num_labels)]
+        e, h = config.embedding_dim, config.lstm_hidden
+        self.token_embedding = nn.EmbeddingBag(vocab_size + config.subword_buckets, e, mode="mean",
+                                               padding_idx=0, sparse=True)
+        self.embed_dropout = nn.Dropout(config.embed_dropout)
+        self.lstm1 = nn.LSTM(e, h, batch_first=True, bidirectional=True)
+        self.lstm2 = nn.LSTM(2 * h, h, batch_first=True, bidirectional=True)
+        self.attention = nn.Linear(config.pooled_dim, 1, bias=False)
+        self.projection = (nn.Linear(config.pooled_dim, config.content_embedding_dim)
+                           if config.project_embedding else None)
+        self.final_dropout = nn.Dropout(config.final_dropout)
+        self.deep_head = nn.Linear(config.content_embedding_dim, num_labels)
+        if config.wide_enabled:
+            self.wide_embedding = nn.EmbeddingBag(config.wide_buckets, config.wide_dim, mode="sum", sparse=True)
+            self.wide_head = nn.Linear(config.wide_dim, num_labels)
+            nn.init.normal_(self.wide_embedding.weight, std=0.01)
+        # Post-hoc calibration for macro-F1, fitted on validation (see embeddings.training.tune_mixture).
+        self.register_buffer("wide_weight", torch.tensor(0.5 if config.wide_enabled else 0.0))
+        self.register_buffer("logit_bias", torch.zeros(num_labels))
+        nn.init.uniform_(self.token_embedding.weight, -0.1, 0.1)
+
+    @property
+    def device(self) -> torch.device:
+        return self.deep_head.weight.device
+
+    def pooled(self, batch: Batch) -> torch.Tensor:
+        """Attention-pooled vector, float32 (B, pooled_dim)."""
+        bsz, max_len = len(batch.lengths), int(batch.lengths.max())
+        x = self.token_embedding(batch.token_rows, batch.token_offsets).view(bsz, max_len, -1)
+        x = self.embed_dropout(torch.tanh(x))
+        packed = pack_padded_sequence(x, batch.lengths, batch_first=True, enforce_sorted=False)
+        out1, _ = self.lstm1(packed)
+        out2, _ = self.lstm2(out1)
+        h1, _ = pad_packed_sequence(out1, batch_first=True, total_length=max_len)
+        h2, _ = pad_packed_sequence(out2, batch_first=True, total_length=max_len)
+        states = torch.cat([x, h1, h2], dim=-1) if self.config.attention_over == "all_layers" else h2
+        scores = self.attention(states).squeeze(-1)
+        mask = torch.arange(max_len, device=scores.device)[None, :] < batch.lengths.to(scores.device)[:, None]
+        weights = torch.softmax(scores.masked_fill(~mask, float("-inf")), dim=1)
+        return torch.bmm(weights.unsqueeze(1), states).squeeze(1)
+
+    def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
+        """Logits of both heads and the content embedding.
+
+        Returns:
+            ``deep_logits`` (B, L), ``wide_logits`` (B, L) or None, ``embedding`` float32 (B, D).
+        """
+        pooled = self.pooled(batch)
+        hidden = self.projection(pooled) if self.projection is not None else pooled
+        deep_logits = self.deep_head(self.final_dropout(hidden))
+        wide_logits = None
+        if self.config.wide_enabled:
+            wide = self.wide_embedding(batch.wide_ids, batch.wide_offsets, per_sample_weights=batch.wide_weights)
+            wide_logits = self.wide_head(self.final_dropout(wide))
+        embedding = F.normalize(hidden, dim=-1) if self.config.l2_normalize_embedding else hidden
+        return {"deep_logits": deep_logits, "wide_logits": wide_logits, "embedding": embedding}
+
+    def combine(self, deep_logits: torch.Tensor, wide_logits: torch.Tensor | None,
+                wide_weight: torch.Tensor | float | None = None, bias: torch.Tensor | None = None) -> torch.Tensor:
+        """Mixed log-probabilities plus the per-class bias: the scores predictions are made from."""
+        w = self.wide_weight if wide_weight is None else wide_weight
+        scores = F.log_softmax(deep_logits, dim=-1)
+        if wide_logits is not None:
+            scores = (1 - w) * scores + w * F.log_softmax(wide_logits, dim=-1)
+        return scores + (self.logit_bias if bias is None else bias)
+
+
+def build_content_model(config: ContentModelConfig, vocab_size: int, num_labels: int) -> ContentModel:
+    """Randomly initialised model (seeded by ``config.seed``) for ``vocab_size`` words and ``num_labels``."""
+    if num_labels < 2:
+        raise ValueError(f"num_labels={num_labels}: a classifier needs at least 2 labels")
+    torch.manual_seed(config.seed)
+    return ContentModel(config, vocab_size, num_labels)
+
+
+def save_content_model(model: ContentModel, vocab: Vocabulary, label_map: Sequence[str],
+                       config: ContentModelConfig, directory: str) -> None:
+    """Write the model artifact (weights, vocabulary, labels, config) into ``directory``."""
+    os.makedirs(directory, exist_ok=True)
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    torch.save({"format": MODEL_FORMAT, "format_version": MODEL_FORMAT_VERSION, "vocab_size": len(vocab),
+                "num_labels": model.num_labels, "state_dict": state}, os.path.join(directory, "model.pt"))
+    save_vocabulary(vocab, os.path.join(directory, "vocab.json"))
+    with open(os.path.join(directory, "labels.json"), "w", encoding="utf-8") as f:
+        json.dump(list(label_map), f, ensure_ascii=False)
+    with open(os.path.join(directory, "config.json"), "w", encoding="utf-8") as f:
+        f.write(config.model_dump_json(indent=2))
+
+
+def load_content_model(directory: str, device: str | torch.device | None = None) -> ContentModel:
+    """Load a model written by :func:`save_content_model`, in eval mode on ``device`` (default: auto).
+
+    Raises:
+        ValueError: if the files are missing or were written in another format version.
+    """
+    path = os.path.join(directory, "model.pt")
+    if not os.path.isfile(path):
+        raise ValueError(f"no content model at {directory!r}: expected {path}")
+    blob = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(blob, dict) or blob.get("format") != MODEL_FORMAT:
+        raise ValueError(f"{path} is not a {MODEL_FORMAT} file")
+    if blob.get("format_version") != MODEL_FORMAT_VERSION:
+        raise ValueError(f"{path} has format_version={blob.get('format_version')!r}; this code reads "
+                         f"version {MODEL_FORMAT_VERSION}: retrain the model or use a matching nearline version")
+    with open(os.path.join(directory, "config.json"), encoding="utf-8") as f:
+        config = ContentModelConfig.model_validate_json(f.read())
+    with open(os.path.join(directory, "labels.json"), encoding="utf-8") as f:
+        labels = json.load(f)
+    vocab = load_vocabulary(os.path.join(directory, "vocab.json"))
+    model = ContentModel(config, int(blob["vocab_size"]), int(blob["num_labels"]))
+    model.load_state_dict(blob["state_dict"])
+    model.vocab, model.labels = vocab, list(labels)
+    return model.to(resolve_device(device)).eval()
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``device`` or, when None, cuda if available else cpu."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+@torch.no_grad()
+def run_model(model: ContentModel, features: TextFeatures, batch_size: int = 512
+              ) -> dict[str, np.ndarray]:
+    """Forward ``features`` in length-sorted batches; outputs come back in input order.
+
+    Returns:
+        ``embedding`` float32 (N, D), ``scores`` float32 (N, L) (mixed log-probs + bias),
+        ``deep_logits`` (N, L) and ``wide_logits`` (N, L) (zeros without the wide path).
+    """
+    was_training = model.training
+    model.eval()
+    n = len(features)
+    out = {"embedding": np.zeros((n, model.config.content_embedding_dim), dtype=np.float32),
+           "deep_logits": np.zeros((n, model.num_labels), dtype=np.float32),
+           "wide_logits": np.zeros((n, model.num_labels), dtype=np.float32)}
+    # Sorting by length keeps padding (wasted LSTM steps) low; packing makes results batch-independent.
+    order = np.argsort(features.tokens_per_text, kind="stable")
+    for indices, batch in iterate_batches(features, batch_size, order):
+        result = model(batch.to(model.device))
+        out["embedding"][indices] = result["embedding"].float().cpu().numpy()
+        out["deep_logits"][indices] = result["deep_logits"].float().cpu().numpy()
+        if result["wide_logits"] is not None:
+            out["wide_logits"][indices] = result["wide_logits"].float().cpu().numpy()
+    wide = torch.from_numpy(out["wide_logits"]) if model.config.wide_enabled else None
+    out["scores"] = model.combine(torch.from_numpy(out["deep_logits"]), wide,
+                                  model.wide_weight.cpu(), model.logit_bias.cpu()).numpy()
+    model.train(was_training)
+    return out
+
+
+def _require_vocab(model: ContentModel) -> Vocabulary:
+    if model.vocab is None:
+        raise ValueError("model has no vocabulary attached: load it with load_content_model or set model.vocab")
+    return model.vocab
+
+
+def encode_texts(model: ContentModel, texts: Sequence[str | bytes], batch_size: int = 512) -> np.ndarray:
+    """Content embeddings of ``texts`` (str, or UTF-8 bytes decoded with replacement).
+
+    Returns:
+        float32 array of shape (N, content_embedding_dim); rows are unit-norm when configured.
+    """
+    if len(texts) == 0:
+        return np.zeros((0, model.config.content_embedding_dim), dtype=np.float32)
+    features = featurize(texts, _require_vocab(model), model.config)
+    return run_model(model, features, batch_size)["embedding"]
+
+
+def predict_proba(model: ContentModel, texts: Sequence[str | bytes], batch_size: int = 512) -> np.ndarray:
+    """Label probabilities (softmax of the mixed, bias-corrected scores), float32 (N, num_labels)."""
+    if len(texts) == 0:
+        return np.zeros((0, model.num_labels), dtype=np.float32)
+    scores = run_model(model, featurize(texts, _require_vocab(model), model.config), batch_size)["scores"]
+    return torch.softmax(torch.from_numpy(scores), dim=-1).numpy()
