@@ -1,0 +1,43 @@
+"""Writing Spark outputs so that readers never see half of them.
+
+Spark's local writers name part files with a per-job UUID and leave .crc side
+files; renaming parts by their partition index makes the same input produce the
+same bytes under the same names, which is what lets `generate` promise
+"same seed, same bytes" and lets refresh compare outputs by checksum.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from pathlib import Path
+
+import pyarrow.parquet as pq
+from pyspark.sql import DataFrame
+
+_PART = re.compile(r"^part-(\d+)-.*\.parquet$")
+
+
+def write_parquet_deterministic(frame: DataFrame, path: str) -> int:
+    """Write frame as Parquet at a local path with part files named by partition; return the row count."""
+    frame.write.mode("overwrite").parquet(path)
+    directory = Path(path)
+    for entry in directory.iterdir():
+        match = _PART.match(entry.name)
+        if match:
+            entry.rename(directory / f"part-{int(match.group(1)):05d}.parquet")
+        elif entry.name.endswith(".crc"):
+            entry.unlink()
+    return sum(pq.ParquetFile(p).metadata.num_rows for p in sorted(directory.glob("part-*.parquet")))
+
+
+def replace_directory(new: Path, target: Path) -> None:
+    """Swap a fully written directory into place; the old one is removed only after the swap."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    old = target.with_name(f".{target.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    if target.exists():
+        os.replace(target, old)
+    os.replace(new, target)
+    shutil.rmtree(old, ignore_errors=True)

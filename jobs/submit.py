@@ -1,0 +1,79 @@
+"""`nearline submit JOB [ARGS...]`: the spark-submit command that runs a nearline job on a cluster.
+
+The four packages are zipped and shipped with --py-files so executors import the
+same code as the driver; the config file travels with --files. Spark settings
+come from the config's spark section, so local and cluster runs differ only in
+configuration. Prints the command; `--run` executes it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import subprocess
+import zipfile
+from pathlib import Path
+
+from jobs.config import NearlineConfig, SparkConfig
+
+PACKAGES = ("jobs", "embeddings", "retrieval", "ranking")
+
+
+def build_code_zip(repo_root: Path, out_dir: Path) -> Path:
+    """Zip the project packages (sources only) for --py-files."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    archive = out_dir / "nearline-code.zip"
+    with zipfile.ZipFile(archive, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for package in PACKAGES:
+            for path in sorted((repo_root / package).rglob("*.py")):
+                zf.write(path, path.relative_to(repo_root).as_posix())
+    return archive
+
+
+def spark_submit_command(
+    spark: SparkConfig, code_zip: Path, entry_point: Path, config_path: str | None, job_args: list[str],
+    deploy_mode: str = "client",
+) -> list[str]:
+    command = ["spark-submit", "--master", spark.master, "--deploy-mode", deploy_mode,
+               "--name", f"{spark.app_name}-{job_args[0] if job_args else 'job'}",
+               "--py-files", str(code_zip), "--conf", f"spark.driver.memory={spark.driver_memory}",
+               "--conf", "spark.sql.execution.arrow.pyspark.enabled=true",
+               "--conf", "spark.sql.session.timeZone=UTC"]
+    if spark.executor_memory:
+        command += ["--executor-memory", spark.executor_memory]
+    if spark.executor_cores:
+        command += ["--executor-cores", str(spark.executor_cores)]
+    if spark.num_executors:
+        command += ["--num-executors", str(spark.num_executors)]
+    for key, value in sorted(spark.extra_conf.items()):
+        command += ["--conf", f"{key}={value}"]
+    nearline_args = []
+    if config_path:
+        # In cluster mode the driver runs remotely and finds the shipped file in its working directory.
+        command += ["--files", config_path]
+        nearline_args += ["--config", config_path if deploy_mode == "client" else Path(config_path).name]
+    return command + [str(entry_point)] + nearline_args + job_args
+
+
+def _handle(args: argparse.Namespace, config: NearlineConfig) -> int:
+    if not args.job_args:
+        raise ValueError("submit needs a job, e.g. `nearline submit generate`")
+    repo_root = Path(__file__).resolve().parent.parent
+    code_zip = build_code_zip(repo_root, Path(args.build_dir))
+    config_path = args.config_file or args.config_path
+    command = spark_submit_command(config.spark, code_zip, repo_root / "jobs" / "cli.py", config_path,
+                                   args.job_args, args.deploy_mode)
+    print(shlex.join(command))
+    if args.run:
+        return subprocess.run(command, check=False).returncode
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("submit", help="print (or --run) the spark-submit command for a job")
+    parser.add_argument("--run", action="store_true", help="execute the command instead of printing it only")
+    parser.add_argument("--deploy-mode", choices=["client", "cluster"], default="client")
+    parser.add_argument("--build-dir", default="build", help="where the code zip is written")
+    parser.add_argument("--config-file", help="config file shipped to the cluster (default: the one in use)")
+    parser.add_argument("job_args", nargs=argparse.REMAINDER, help="the nearline command and its arguments")
+    parser.set_defaults(handler=_handle)
