@@ -122,7 +122,9 @@ class TrainingConfig(BaseModel):
         2, description="Stop after this many epochs without a better validation log loss."
     )
     seed: int = 0
-    num_threads: PositiveInt = Field(2, description="torch intra-op threads.")
+    num_threads: PositiveInt = Field(
+        1, description="torch intra-op threads; more than 1 on a shared, oversubscribed CPU is far slower."
+    )
 
 
 class RankerConfig(BaseModel):

@@ -4,8 +4,10 @@ A parameter is *kept* when the parent has the same name and shape, *grown* when 
 table whose row count increased with the hash space (the parent's rows are copied; the discretizer
 never moves old ids, so row i means the same feature bin in both), *added* when only the new model
 has it, *dropped* when only the parent has it, and *shape-mismatched* otherwise (left at its fresh
-initialisation and reported). A checkpoint from which nothing can be kept, or whose embedding
-tables are larger than the new model's (ids would be truncated), raises ValueError.
+initialisation and reported). A checkpoint from which less than ``min_kept_fraction`` of the new
+model's parameter tensors can be loaded (another architecture), or whose embedding tables are larger
+than the new model's (ids would be truncated), raises ValueError rather than silently training a
+mostly fresh model under a warm-start label.
 """
 
 from __future__ import annotations
@@ -44,19 +46,22 @@ def _is_embedding_table(name: str) -> bool:
 
 
 def map_state_dict(
-    parent_state: Mapping[str, torch.Tensor], target_state: Mapping[str, torch.Tensor]
+    parent_state: Mapping[str, torch.Tensor],
+    target_state: Mapping[str, torch.Tensor],
+    min_kept_fraction: float = 0.5,
 ) -> tuple[dict[str, torch.Tensor], WarmStartReport]:
     """Merge a parent state dict into a target state dict.
 
     Args:
         parent_state: the parent checkpoint's state dict.
         target_state: the freshly initialised model's state dict (defines names and shapes).
+        min_kept_fraction: least share of the target's tensors that must be kept or grown.
 
     Returns:
         (merged state dict with the target's names and shapes, report).
 
     Raises:
-        ValueError: nothing in the parent matches the target, or an embedding table would shrink.
+        ValueError: too little of the parent matches the target, or an embedding table would shrink.
     """
     report = WarmStartReport()
     merged: dict[str, torch.Tensor] = {}
@@ -88,10 +93,12 @@ def map_state_dict(
             report.shape_mismatched[name] = (list(source.shape), list(target.shape))
             merged[name] = target.clone()
     report.dropped = [name for name in parent_state if name not in target_state]
-    if not report.kept and not report.grown:
+    loaded = len(report.kept) + len(report.grown)
+    if loaded < min_kept_fraction * max(len(target_state), 1):
         raise ValueError(
-            "warm-start checkpoint is incompatible with the model: no parameter matches by name and shape "
-            f"(checkpoint keys e.g. {list(parent_state)[:3]}, model keys e.g. {list(target_state)[:3]})"
+            f"warm-start checkpoint is incompatible with the model: only {loaded} of {len(target_state)} "
+            f"parameters match by name and shape (checkpoint keys e.g. {list(parent_state)[:3]}, "
+            f"model keys e.g. {list(target_state)[:3]})"
         )
     return merged, report
 

@@ -1,0 +1,353 @@
+"""Train, evaluate, save and load the ranker from numpy arrays (no Spark here).
+
+Metrics per task: log loss, ROC-AUC and relative cross entropy (RCE) against the base rate:
+``RCE = 100 * (1 - logloss / logloss_of_predicting_the_eval_set_positive_rate)``; higher is better,
+0 means no better than the base rate. The best epoch (lowest mean validation log loss) is kept.
+
+A saved ranker directory holds ``weights.pt`` (state dict, loaded with ``weights_only=True``),
+``ranker.json`` (config + metadata), ``discretizer.json``, ``calibration.json`` (optional) and,
+for a split ranker, ``splits/<group>/`` standalone user and user-author split artefacts.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from sklearn.metrics import roc_auc_score
+from torch import nn
+from tqdm import tqdm
+
+from ranking.calibration import Calibration, fit_calibration, load_calibration, save_calibration
+from ranking.config import GROUP_NAMES, FeatureGroupConfig, RankerConfig
+from ranking.discretizer import Discretizer, load_discretizer, save_discretizer
+from ranking.examples import RankingExamples
+from ranking.model import GroupSplit, SplitRanker, build_ranker, export_split
+from ranking.warm_start import WarmStartReport, warm_start
+
+WEIGHTS_FILE = "weights.pt"
+RANKER_FILE = "ranker.json"
+SPLIT_FILE = "split.json"
+EXPORTED_SPLITS = ("user", "user_author")
+_EPS = 1e-7
+
+
+def _log_loss(p: np.ndarray, y: np.ndarray) -> float:
+    p = np.clip(p, _EPS, 1 - _EPS)
+    return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
+
+
+def task_metrics(probabilities: np.ndarray, labels: np.ndarray, tasks: tuple[str, ...]) -> dict:
+    """Log loss, AUC and RCE per task plus their means.
+
+    Args:
+        probabilities: (N, T) predicted probabilities.
+        labels: (N, T) in {0, 1}.
+        tasks: task names.
+
+    Returns:
+        {"tasks": {task: {"log_loss", "auc", "rce", "positive_rate"}}, "log_loss", "auc", "rce"}
+        (AUC is None for a task with a single class in ``labels``; means skip None).
+    """
+    per_task = {}
+    for t, task in enumerate(tasks):
+        p, y = probabilities[:, t].astype(np.float64), labels[:, t].astype(np.float64)
+        rate = float(y.mean())
+        loss = _log_loss(p, y)
+        base = _log_loss(np.full_like(y, rate), y)
+        auc = float(roc_auc_score(y, p)) if 0.0 < rate < 1.0 else None
+        rce = 100.0 * (1.0 - loss / base) if base > 0 else None
+        per_task[task] = {"log_loss": loss, "auc": auc, "rce": rce, "positive_rate": rate}
+
+    def mean(key: str) -> float | None:
+        values = [m[key] for m in per_task.values() if m[key] is not None]
+        return float(np.mean(values)) if values else None
+
+    return {"tasks": per_task, "log_loss": mean("log_loss"), "auc": mean("auc"), "rce": mean("rce")}
+
+
+def _to_tensors(examples: RankingExamples, index: np.ndarray | slice) -> tuple[dict, dict]:
+    ids = {g: torch.from_numpy(examples.feature_ids[g][index]) for g in GROUP_NAMES}
+    dense = {g: torch.from_numpy(examples.dense[g][index]) for g in GROUP_NAMES}
+    return ids, dense
+
+
+@torch.no_grad()
+def predict_probabilities(model: nn.Module, examples: RankingExamples, batch_size: int = 4096) -> np.ndarray:
+    """Sigmoid of the model's logits.
+
+    Returns:
+        float32 array (N, T).
+    """
+    model.eval()
+    out = []
+    for start in range(0, len(examples), batch_size):
+        ids, dense = _to_tensors(examples, slice(start, start + batch_size))
+        out.append(torch.sigmoid(model(ids, dense)).numpy())
+    num_tasks = examples.labels.shape[1]
+    return np.concatenate(out) if out else np.zeros((0, num_tasks), dtype=np.float32)
+
+
+def evaluate(
+    model: nn.Module,
+    examples: RankingExamples,
+    tasks: tuple[str, ...],
+    calibration: Calibration | None = None,
+) -> dict:
+    """Metrics of ``model`` on ``examples``; with a calibration also ``"calibrated"`` metrics."""
+    probabilities = predict_probabilities(model, examples)
+    metrics = task_metrics(probabilities, examples.labels, tasks)
+    if calibration is not None:
+        metrics["calibrated"] = task_metrics(calibration.apply(probabilities), examples.labels, tasks)
+    return metrics
+
+
+@dataclass
+class TrainResult:
+    """Outcome of ``train_ranker``."""
+
+    model: nn.Module
+    history: list[dict]
+    best_epoch: int
+    train_time_s: float
+    calibration: Calibration | None = None
+    warm_start_report: WarmStartReport | None = None
+    metrics: dict = field(default_factory=dict)
+
+
+def _check_examples(examples: RankingExamples, config: RankerConfig, what: str) -> None:
+    if len(examples) == 0:
+        raise ValueError(f"{what} set is empty: no examples in the window")
+    if examples.labels.shape[1] != len(config.tasks):
+        raise ValueError(
+            f"{what} labels have {examples.labels.shape[1]} columns, tasks are {list(config.tasks)}"
+        )
+    for group in GROUP_NAMES:
+        width = len(config.groups[group].sparse_features)
+        if examples.feature_ids[group].shape[1] != width:
+            raise ValueError(
+                f"{what} {group} ids have {examples.feature_ids[group].shape[1]} columns, config has {width} features"
+            )
+        ids = examples.feature_ids[group]
+        if ids.size and (ids.min() < 0 or ids.max() >= config.discretizer.hash_space_size):
+            raise ValueError(f"{what} {group} ids fall outside [0, {config.discretizer.hash_space_size})")
+
+
+def train_ranker(
+    config: RankerConfig,
+    train: RankingExamples,
+    val: RankingExamples,
+    *,
+    parent_state: Mapping[str, torch.Tensor] | None = None,
+    curves_path: str | None = None,
+    progress: bool = True,
+) -> TrainResult:
+    """Train a ranker, evaluating on ``val`` after each epoch and keeping the best epoch.
+
+    Args:
+        config: ranker config (architecture, sizes, training, calibration).
+        train: training examples.
+        val: validation examples (also used to fit the calibration).
+        parent_state: a parent checkpoint's state dict to warm start from.
+        curves_path: where to write a PNG of train/validation log loss per epoch.
+        progress: show a tqdm bar per epoch.
+
+    Returns:
+        TrainResult with the best-epoch model (eval mode), per-epoch history, calibration.
+    """
+    _check_examples(train, config, "training")
+    _check_examples(val, config, "validation")
+    tc = config.training
+    torch.manual_seed(tc.seed)
+    torch.set_num_threads(tc.num_threads)
+    model = build_ranker(config)
+    report = warm_start(model, parent_state) if parent_state is not None else None
+    optimizer = torch.optim.Adam(model.parameters(), lr=tc.learning_rate, weight_decay=tc.weight_decay)
+    loss_fn = nn.BCEWithLogitsLoss()
+    rng = np.random.default_rng(tc.seed)
+    labels = torch.from_numpy(train.labels)
+    history: list[dict] = []
+    best_loss, best_epoch, best_state = math.inf, -1, copy.deepcopy(model.state_dict())
+    started = time.perf_counter()
+    for epoch in range(tc.epochs):
+        model.train()
+        order = rng.permutation(len(train))
+        batches = range(0, len(order), tc.batch_size)
+        total, count = 0.0, 0
+        for start in tqdm(batches, desc=f"epoch {epoch + 1}/{tc.epochs}", disable=not progress, leave=False):
+            index = order[start : start + tc.batch_size]
+            ids, dense = _to_tensors(train, index)
+            loss = loss_fn(model(ids, dense), labels[index])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            total += float(loss.detach()) * len(index)
+            count += len(index)
+        val_metrics = task_metrics(predict_probabilities(model, val), val.labels, config.tasks)
+        history.append(
+            {
+                "epoch": epoch + 1,
+                "train_log_loss": total / count,
+                "val_log_loss": val_metrics["log_loss"],
+                "val_auc": val_metrics["auc"],
+                "val_rce": val_metrics["rce"],
+            }
+        )
+        if progress:
+            tqdm.write(
+                f"epoch {epoch + 1}: train log loss {total / count:.4f}, val log loss "
+                f"{val_metrics['log_loss']:.4f}, AUC {val_metrics['auc'] or float('nan'):.4f}, "
+                f"RCE {val_metrics['rce'] or float('nan'):.2f}"
+            )
+        if val_metrics["log_loss"] < best_loss - 1e-6:
+            best_loss, best_epoch, best_state = (
+                val_metrics["log_loss"],
+                epoch + 1,
+                copy.deepcopy(model.state_dict()),
+            )
+        elif epoch + 1 - best_epoch >= tc.early_stopping_patience_epochs:
+            break
+    train_time_s = time.perf_counter() - started
+    model.load_state_dict(best_state)
+    model.eval()
+    calibration = None
+    if config.calibration:
+        calibration = fit_calibration(predict_probabilities(model, val), val.labels, config.tasks)
+    metrics = {"val": evaluate(model, val, config.tasks, calibration), "best_epoch": best_epoch}
+    if curves_path:
+        plot_curves(history, curves_path)
+    return TrainResult(model, history, best_epoch, train_time_s, calibration, report, metrics)
+
+
+def plot_curves(history: list[dict], path: str) -> None:
+    """Write a PNG of train and validation log loss per epoch."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [h["epoch"] for h in history]
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    ax.plot(epochs, [h["train_log_loss"] for h in history], marker="o", label="train")
+    ax.plot(epochs, [h["val_log_loss"] for h in history], marker="o", label="validation")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("mean log loss over tasks")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+@dataclass
+class LoadedRanker:
+    """A ranker read back from a directory."""
+
+    model: nn.Module
+    config: RankerConfig
+    discretizer: Discretizer
+    calibration: Calibration | None
+    metadata: dict
+
+
+def save_ranker(
+    directory: str,
+    model: nn.Module,
+    config: RankerConfig,
+    discretizer: Discretizer,
+    calibration: Calibration | None = None,
+    metadata: Mapping | None = None,
+) -> None:
+    """Write a ranker directory (see the module docstring for its files).
+
+    Args:
+        directory: target directory (created).
+        model: trained model.
+        config: the config it was built from.
+        discretizer: the discretizer its ids come from.
+        calibration: optional isotonic calibration.
+        metadata: JSON-ready extras (metrics, parent model) stored in ranker.json.
+    """
+    os.makedirs(directory, exist_ok=True)
+    torch.save(model.state_dict(), os.path.join(directory, WEIGHTS_FILE))
+    with open(os.path.join(directory, RANKER_FILE), "w") as f:
+        json.dump({"config": config.model_dump(mode="json"), "metadata": dict(metadata or {})}, f, indent=1)
+    save_discretizer(discretizer, directory)
+    if calibration is not None:
+        save_calibration(calibration, directory)
+    if isinstance(model, SplitRanker):
+        for group in EXPORTED_SPLITS:
+            save_split(
+                os.path.join(directory, "splits", group),
+                export_split(model, group),
+                config,
+                group,
+                discretizer,
+            )
+
+
+def load_ranker(directory: str) -> LoadedRanker:
+    """Read a ranker directory written by ``save_ranker`` (weights loaded with weights_only=True)."""
+    path = os.path.join(directory, RANKER_FILE)
+    if not os.path.exists(path):
+        raise ValueError(f"{directory!r} is not a ranker directory: {RANKER_FILE} is missing")
+    with open(path) as f:
+        data = json.load(f)
+    config = RankerConfig.model_validate(data["config"])
+    model = build_ranker(config)
+    model.load_state_dict(
+        torch.load(os.path.join(directory, WEIGHTS_FILE), weights_only=True, map_location="cpu")
+    )
+    model.eval()
+    return LoadedRanker(
+        model, config, load_discretizer(directory), load_calibration(directory), data["metadata"]
+    )
+
+
+def save_split(
+    directory: str, split: GroupSplit, config: RankerConfig, group: str, discretizer: Discretizer
+) -> None:
+    """Write a standalone split artefact: weights, its group config and the discretizer."""
+    os.makedirs(directory, exist_ok=True)
+    torch.save(split.state_dict(), os.path.join(directory, WEIGHTS_FILE))
+    with open(os.path.join(directory, SPLIT_FILE), "w") as f:
+        json.dump(
+            {
+                "group": group,
+                "group_config": config.groups[group].model_dump(mode="json"),
+                "hash_space_size": config.discretizer.hash_space_size,
+            },
+            f,
+            indent=1,
+        )
+    save_discretizer(discretizer, directory)
+
+
+def load_split(directory: str) -> tuple[GroupSplit, FeatureGroupConfig, Discretizer, str]:
+    """Read a split artefact written by ``save_split``.
+
+    Returns:
+        (split in eval mode, its group config, discretizer, group name).
+    """
+    with open(os.path.join(directory, SPLIT_FILE)) as f:
+        data = json.load(f)
+    group_config = FeatureGroupConfig.model_validate(data["group_config"])
+    split = GroupSplit(group_config, int(data["hash_space_size"]))
+    split.load_state_dict(
+        torch.load(os.path.join(directory, WEIGHTS_FILE), weights_only=True, map_location="cpu")
+    )
+    return split.eval(), group_config, load_discretizer(directory), data["group"]
+
+
+def load_parent_state(directory: str) -> dict[str, torch.Tensor]:
+    """The state dict of a saved ranker, for warm start (weights_only=True)."""
+    path = os.path.join(directory, WEIGHTS_FILE)
+    if not os.path.exists(path):
+        raise ValueError(f"warm-start checkpoint {path!r} does not exist")
+    return torch.load(path, weights_only=True, map_location="cpu")
