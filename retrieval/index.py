@@ -233,7 +233,7 @@ def index_to_gpu(index: faiss.Index, gpu: GpuConfig, num_gpus: int) -> faiss.Ind
     return gpu_index
 
 
-def _gpu_clone_or_none(index: faiss.Index, gpu: GpuConfig, num_gpus: int) -> faiss.Index | None:
+def gpu_clone_or_none(index: faiss.Index, gpu: GpuConfig, num_gpus: int) -> faiss.Index | None:
     """index_to_gpu, or None (CPU) when the index type has no GPU version and use_gpu is 'auto'."""
     try:
         return index_to_gpu(index, gpu, num_gpus)
@@ -298,7 +298,7 @@ def build_index(
         _, train_vectors = check_batch(np.arange(len(train_sample)), train_sample, dim, "train_sample")
         train_vectors = prepare_vectors(train_vectors, config.metric)
         # Train once on one GPU so that every shard shares the same quantizer.
-        on_gpu = _gpu_clone_or_none(index, config.gpu, 1) if num_gpus else None
+        on_gpu = gpu_clone_or_none(index, config.gpu, 1) if num_gpus else None
         num_gpus = num_gpus if on_gpu is not None else 0
         try:
             if on_gpu is not None:
@@ -311,7 +311,7 @@ def build_index(
     train_s = time.perf_counter() - start
 
     start = time.perf_counter()
-    on_gpu = _gpu_clone_or_none(index, config.gpu, num_gpus) if num_gpus else None
+    on_gpu = gpu_clone_or_none(index, config.gpu, num_gpus) if num_gpus else None
     num_gpus = num_gpus if on_gpu is not None else 0
     target = on_gpu if on_gpu is not None else index
     all_ids = []

@@ -25,7 +25,7 @@ import faiss
 import numpy as np
 
 from retrieval.config import IndexConfig
-from retrieval.index import BuiltIndex, _gpu_clone_or_none, gpu_count, prepare_vectors
+from retrieval.index import BuiltIndex, gpu_clone_or_none, gpu_count, prepare_vectors
 
 FLT_MAX = float(np.finfo(np.float32).max)
 
@@ -34,7 +34,7 @@ def _unwrap(index: faiss.Index) -> faiss.Index:
     return faiss.downcast_index(index)
 
 
-def _levels(index: faiss.Index) -> Iterator[faiss.Index]:
+def index_levels(index: faiss.Index) -> Iterator[faiss.Index]:
     """The index and the indexes it wraps: ID map, pre-transform, refinement base, IVF coarse quantizer."""
     level = _unwrap(index)
     while True:
@@ -51,7 +51,7 @@ def _levels(index: faiss.Index) -> Iterator[faiss.Index]:
 
 def set_search_parameters(index: faiss.Index, nprobe: int, ef_search: int, k_factor: int) -> None:
     """Set nprobe / efSearch / k_factor on every level of a CPU index that has them (once, not per call)."""
-    for level in _levels(index):
+    for level in index_levels(index):
         if isinstance(level, faiss.IndexIVF):
             level.nprobe = nprobe
         elif isinstance(level, faiss.IndexHNSW):
@@ -110,13 +110,13 @@ class Searcher:
         self._search_config = config.search
         self._gpu_max_k = config.gpu.max_k
         self._cpu_index = built.index
-        self._hnsw = any(isinstance(level, faiss.IndexHNSW) for level in _levels(built.index))
+        self._hnsw = any(isinstance(level, faiss.IndexHNSW) for level in index_levels(built.index))
         self._pad_score = FLT_MAX if built.metric == "l2" else -FLT_MAX
         s = config.search
         set_search_parameters(self._cpu_index, s.nprobe, s.ef_search, s.k_factor)
         num_gpus = gpu_count(config.gpu)
-        self._gpu_index = _gpu_clone_or_none(self._cpu_index, config.gpu, num_gpus) if num_gpus else None
-        if self._gpu_index is not None and any(isinstance(lv, faiss.IndexIVF) for lv in _levels(built.index)):
+        self._gpu_index = gpu_clone_or_none(self._cpu_index, config.gpu, num_gpus) if num_gpus else None
+        if self._gpu_index is not None and any(isinstance(lv, faiss.IndexIVF) for lv in index_levels(built.index)):
             faiss.GpuParameterSpace().set_index_parameter(self._gpu_index, "nprobe", s.nprobe)
 
     @property
@@ -208,13 +208,13 @@ class Searcher:
         scores, ids = index.search(queries, fetch_k, params=params)
         drop = np.zeros(ids.shape, dtype=bool)
         if per_query is not None:
-            drop |= _rowwise_isin(ids, per_query)
+            drop |= rowwise_isin(ids, per_query)
         if use_gpu and exclude is not None:
             drop |= np.isin(ids, exclude)
         _compact(ids, scores, ~drop & (ids >= 0), out_ids, out_scores, self._pad_score)
 
 
-def _rowwise_isin(ids: np.ndarray, per_row: Sequence[np.ndarray]) -> np.ndarray:
+def rowwise_isin(ids: np.ndarray, per_row: Sequence[np.ndarray]) -> np.ndarray:
     """Boolean (B, K): ids[r, j] is in per_row[r]. Vectorised by coding (row, id) pairs as one int64."""
     lengths = np.fromiter((len(e) for e in per_row), dtype=np.int64, count=len(per_row))
     excluded = np.concatenate([np.asarray(e, dtype=np.int64) for e in per_row]) if lengths.sum() else None

@@ -1,0 +1,136 @@
+"""The validation gate an index must pass before it is published, and exact search to measure it against.
+
+Checks (thresholds in ``GateConfig``): the index dimension matches the query model's, the vector count is
+within bounds of the previous version's, search scores on a query sample are finite, and recall@k on that
+sample against exact search reaches the minimum. A failing index is kept for inspection but not published.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+
+import faiss
+import numpy as np
+
+from retrieval.config import GateConfig
+from retrieval.index import FAISS_METRICS, prepare_vectors
+from retrieval.search import Searcher, rowwise_isin
+
+
+@dataclass(frozen=True)
+class GateCheck:
+    """One check: its measured value, the threshold it was held to, and whether it passed."""
+
+    name: str
+    value: float | int | None
+    threshold: float | int | list[float] | None
+    ok: bool
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class GateReport:
+    passed: bool
+    checks: list[GateCheck] = field(default_factory=list)
+    reason: str = ""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def exact_search(
+    batches: Iterable[tuple[np.ndarray, np.ndarray]], query_vectors: np.ndarray, k: int, metric: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """Brute-force k nearest neighbours over streamed batches, merged in a result heap (memory: B * k).
+
+    Args:
+        batches: (ids int64 (N_i,), vectors float32 (N_i, D)) batches of the database.
+        query_vectors: float32 (B, D).
+        k: neighbours per query.
+        metric: "ip", "cosine" or "l2" (cosine normalises queries and database).
+
+    Returns:
+        ids int64 (B, k) and scores float32 (B, k), best first; -1 where the database has fewer than k.
+    """
+    queries = prepare_vectors(query_vectors, metric)
+    keep_max = metric != "l2"
+    heap = faiss.ResultHeap(len(queries), k, keep_max=keep_max)
+    for ids, vectors in batches:
+        if len(ids) == 0:
+            continue
+        scores, positions = faiss.knn(queries, prepare_vectors(vectors, metric), min(k, len(ids)), FAISS_METRICS[metric])
+        batch_ids = np.where(positions >= 0, np.asarray(ids, dtype=np.int64)[positions], -1)
+        heap.add_result(np.ascontiguousarray(scores), np.ascontiguousarray(batch_ids))
+    heap.finalize()
+    return heap.I, heap.D
+
+
+def recall_at_k(found_ids: np.ndarray, true_ids: np.ndarray, k: int) -> float:
+    """Mean share of each query's true top-k found in its returned top-k.
+
+    Args:
+        found_ids: int64 (B, >=k) returned ids, -1 padded.
+        true_ids: int64 (B, >=k) exact ids, -1 padded.
+        k: cut-off.
+
+    Returns:
+        Recall in [0, 1]; queries with no true neighbours are skipped.
+    """
+    found, truth = found_ids[:, :k], true_ids[:, :k]
+    hits = (rowwise_isin(found, truth) & (found >= 0)).sum(axis=1)
+    possible = (truth >= 0).sum(axis=1)
+    mask = possible > 0
+    return float((hits[mask] / possible[mask]).mean()) if mask.any() else 0.0
+
+
+def validate_index(
+    searcher: Searcher,
+    gate: GateConfig,
+    query_vectors: np.ndarray,
+    true_ids: np.ndarray,
+    expected_dim: int | None = None,
+    previous_count: int | None = None,
+) -> GateReport:
+    """Run every gate check on an index.
+
+    Args:
+        searcher: the index under test, with the search parameters it will serve with.
+        gate: thresholds.
+        query_vectors: float32 (Q, D) query sample.
+        true_ids: int64 (Q, >= gate.recall_k) exact neighbours of the queries (``exact_search``).
+        expected_dim: the dimension of the vectors that will query the index (None: not checked).
+        previous_count: vector count of the previous version (None: first version, not checked).
+
+    Returns:
+        The GateReport; ``reason`` lists the failed checks.
+    """
+    checks = []
+    dim_ok = expected_dim is None or expected_dim == searcher.dim
+    checks.append(GateCheck("dimension", searcher.dim, expected_dim, dim_ok))
+
+    count = searcher.num_vectors
+    if previous_count:
+        ratio = count / previous_count
+        bounds = [gate.min_count_ratio, gate.max_count_ratio]
+        ok = gate.min_count_ratio <= ratio <= gate.max_count_ratio
+        checks.append(GateCheck("count_ratio", round(ratio, 4), bounds, ok, f"{count} vs {previous_count} vectors"))
+    else:
+        checks.append(GateCheck("count_ratio", None, None, count > 0, f"{count} vectors, no previous version"))
+
+    if dim_ok and query_vectors.shape[1] == searcher.dim:
+        found_ids, scores = searcher.search(query_vectors, gate.recall_k)
+        valid = found_ids >= 0
+        bad_scores = int((~np.isfinite(scores[valid])).sum())
+        checks.append(GateCheck("finite_scores", bad_scores, 0, bad_scores == 0, "non-finite scores of found results"))
+        recall = recall_at_k(found_ids, true_ids, gate.recall_k)
+        checks.append(GateCheck(f"recall@{gate.recall_k}", round(recall, 4), gate.min_recall, recall >= gate.min_recall))
+    else:
+        detail = f"not searched: index dimension {searcher.dim}, expected {expected_dim}, queries {query_vectors.shape[1]}"
+        checks.append(GateCheck(f"recall@{gate.recall_k}", None, gate.min_recall, False, detail))
+
+    failed = [c for c in checks if not c.ok]
+    reason = "; ".join(
+        f"{c.name} {c.value} outside {c.threshold}" + (f" ({c.detail})" if c.detail else "") for c in failed
+    )
+    return GateReport(passed=not failed, checks=checks, reason=reason)
