@@ -127,6 +127,20 @@ class TrainingConfig(BaseModel):
     )
 
 
+class RankingFeaturesConfig(BaseModel):
+    """Training rows built by `nearline features`: the time-based split."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    validation_fraction: float = Field(
+        0.1, gt=0.0, lt=0.5, description="Latest-but-one share of impressions."
+    )
+    test_fraction: float = Field(0.1, gt=0.0, lt=0.5, description="Latest share of impressions.")
+    use_content_embeddings: bool = Field(
+        True, description="Join the current content embedding version (when the store has one)."
+    )
+
+
 class RankerConfig(BaseModel):
     """The ranker: feature groups, discretizer, architecture, tasks and training."""
 
@@ -141,6 +155,7 @@ class RankerConfig(BaseModel):
     tasks: tuple[str, ...] = ("engage", "like", "reply", "repost")
     architecture: Literal["split", "fully_connected"] = "split"
     training: TrainingConfig = TrainingConfig()
+    features: RankingFeaturesConfig = RankingFeaturesConfig()
     calibration: bool = Field(True, description="Fit isotonic calibration on validation after training.")
     warm_start_from: str = Field(
         "latest", description="'latest' (current published ranker), a version id, or 'none' (cold start)."
