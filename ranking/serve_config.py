@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, PositiveFloat, PositiveInt
 
 
 class BatchingConfig(BaseModel):
@@ -20,12 +20,43 @@ class ServeConfig(BaseModel):
     route_prefix: str = "/"
     num_replicas: PositiveInt = 1
     index_num_gpus: float = Field(0.0, ge=0, description="GPUs for the index deployment's actor.")
+    index_num_cpus: NonNegativeFloat = Field(1.0, description="Ray CPUs reserved by each index replica.")
+    ranker_num_cpus: NonNegativeFloat = Field(1.0, description="Ray CPUs reserved by each ranker replica.")
+    ingress_num_cpus: NonNegativeFloat = Field(
+        0.0, description="Ray CPUs reserved by the HTTP ingress (it only awaits the other two)."
+    )
+    torch_num_threads: PositiveInt = Field(
+        1, description="torch intra-op threads in the ranker replica; small batches gain nothing from more."
+    )
+    max_ongoing_requests: PositiveInt = Field(
+        256, description="Requests a replica accepts at once; must exceed max_batch_size for batches to fill."
+    )
     batching: BatchingConfig = BatchingConfig()
     default_k: PositiveInt = 100
     max_k: PositiveInt = 1_000
     default_recommend_candidates: PositiveInt = 500
     max_recommend_candidates: PositiveInt = 2_000
     recommend_top_k: PositiveInt = 50
+    max_rank_posts: PositiveInt = Field(2_000, description="Most post ids one /v1/rank request may score.")
+    score_weights: dict[str, float] = Field(
+        default_factory=lambda: {"engage": 1.0},
+        description="Task name -> weight of its calibrated probability in the ranking score.",
+    )
     poll_interval_s: PositiveFloat = Field(5.0, description="How often deployments check CURRENT pointers.")
-    warmup_queries: PositiveInt = Field(32, description="Sample queries run on a new version before the swap.")
-    collaborative_neighbors: PositiveInt = Field(20, description="Similar users expanded per collaborative query.")
+    warmup_queries: PositiveInt = Field(
+        32, description="Sample queries run on a new version before the swap."
+    )
+    collaborative_neighbors: PositiveInt = Field(
+        20, description="Similar users expanded per collaborative query."
+    )
+    recent_posts_per_user: PositiveInt = Field(
+        50, description="Most recent engaged posts kept per user for the collaborative expansion."
+    )
+    seen_posts_per_user: PositiveInt = Field(
+        2_000, description="Most recent seen posts (any event) kept per user and excluded from results."
+    )
+    require_lineage: bool = Field(
+        True,
+        description="Refuse index versions whose manifest lacks embedding_version (coherence cannot be checked).",
+    )
+    request_timeout_s: PositiveFloat = Field(10.0, description="Client timeout of `nearline query`.")

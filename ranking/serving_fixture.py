@@ -1,0 +1,268 @@
+"""A complete, coherent serving set built directly with the libraries, for tests and the serving benchmark.
+
+``build_serving_set`` publishes, in one call, what the refresh jobs would: content embeddings of a
+(pretend) content model and their index, user-interest vectors pooled from the content vectors of
+what each user engaged with, a randomly initialised ranker with its exported user and user-author
+vectors, and the user index — all with the manifest lineage serving checks. Each call makes a new
+coherent version of everything, so two calls give a hot swap and a rollback target.
+
+``write_tiny_dataset`` writes a small contract dataset (users, posts, follows, engagements) when no
+generated one is at hand. Neither is used by the serving path itself.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from ranking.config import DiscretizerConfig, RankerConfig
+from ranking.discretizer import fit_discretizer
+from ranking.examples import encode_group
+from ranking.model import build_ranker, export_split
+from ranking.scorer import compute_split_vectors
+from ranking.serving_state import POSITIVE_EVENTS, post_table_from_dataset, read_table
+from ranking.training import save_ranker
+from retrieval.config import IndexConfig
+from retrieval.index import build_index, save_index
+from retrieval.store import Store
+
+_START = dt.datetime(2026, 11, 1, tzinfo=dt.timezone.utc)
+
+
+def _write(table: pa.Table, directory: Path) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    pq.write_table(table, directory / "part-00000.parquet")
+
+
+def write_tiny_dataset(data_path: str, num_users: int = 300, num_posts: int = 600, seed: int = 0) -> None:
+    """A small contract dataset with topic structure: users engage mostly with posts of their topic.
+
+    Args:
+        data_path: directory to create the users/posts/follows/engagements tables in.
+        num_users: users (ids 1..num_users); the first third are authors.
+        num_posts: posts (ids 1..num_posts).
+        seed: random seed.
+    """
+    rng = np.random.default_rng(seed)
+    root = Path(data_path)
+    num_topics = 8
+    user_ids = np.arange(1, num_users + 1, dtype=np.int64)
+    user_topic = rng.integers(0, num_topics, num_users)
+    authors = user_ids[: max(num_users // 3, 1)]
+    post_ids = np.arange(1, num_posts + 1, dtype=np.int64)
+    post_author = rng.choice(authors, num_posts)
+    post_topic = user_topic[post_author - 1]
+    micro = 1_000_000
+    base_us = int(_START.timestamp() * micro)
+    post_created = base_us + rng.integers(0, 5 * 86_400, num_posts) * micro
+    ts_type = pa.timestamp("us", tz="UTC")
+    _write(
+        pa.table(
+            {
+                "user_id": user_ids,
+                "created_at": pa.array(np.full(num_users, base_us - 86_400 * micro * 30), ts_type),
+                "country": rng.choice(["us", "gb", "fr"], num_users),
+                "language": rng.choice(["en", "fr"], num_users),
+                "is_verified": rng.random(num_users) < 0.05,
+            }
+        ),
+        root / "users",
+    )
+    _write(
+        pa.table(
+            {
+                "post_id": post_ids,
+                "author_id": post_author,
+                "text": [f"post {p}" for p in post_ids],
+                "created_at": pa.array(post_created, ts_type),
+                "has_media": rng.random(num_posts) < 0.3,
+                "text_length": pa.array(rng.integers(5, 280, num_posts), pa.int32()),
+            }
+        ),
+        root / "posts",
+    )
+    followers = rng.choice(user_ids, num_users * 5)
+    followees = rng.choice(authors, num_users * 5)
+    pairs = np.unique(np.stack([followers, followees], axis=1), axis=0)
+    pairs = pairs[pairs[:, 0] != pairs[:, 1]]
+    _write(
+        pa.table(
+            {
+                "follower_id": pairs[:, 0],
+                "followee_id": pairs[:, 1],
+                "created_at": pa.array(np.full(len(pairs), base_us), ts_type),
+            }
+        ),
+        root / "follows",
+    )
+    rows_user, rows_post, rows_event, rows_ts = [], [], [], []
+    for u in range(num_users):
+        same = post_ids[post_topic == user_topic[u]]
+        shown = np.unique(np.concatenate([rng.choice(post_ids, 12), rng.choice(same, min(8, len(same)))]))
+        liked = shown[(post_topic[shown - 1] == user_topic[u]) & (rng.random(len(shown)) < 0.6)]
+        ts = base_us + rng.integers(5 * 86_400, 6 * 86_400, len(shown)) * micro
+        rows_user += [user_ids[u]] * len(shown)
+        rows_post += shown.tolist()
+        rows_event += ["impression"] * len(shown)
+        rows_ts += ts.tolist()
+        for p in liked:
+            rows_user.append(user_ids[u])
+            rows_post.append(int(p))
+            rows_event.append(str(rng.choice(POSITIVE_EVENTS)))
+            rows_ts.append(int(ts[0]) + micro)
+    _write(
+        pa.table(
+            {
+                "user_id": pa.array(rows_user, pa.int64()),
+                "post_id": pa.array(rows_post, pa.int64()),
+                "event": rows_event,
+                "ts": pa.array(rows_ts, ts_type),
+            }
+        ),
+        root / "engagements",
+    )
+
+
+def _vector_table(id_name: str, ids: np.ndarray, vectors: np.ndarray, **extra: np.ndarray) -> pa.Table:
+    flat = pa.array(np.ascontiguousarray(vectors, dtype=np.float32).ravel())
+    columns = {id_name: pa.array(ids, pa.int64()), **{k: pa.array(v, pa.int64()) for k, v in extra.items()}}
+    columns["vector"] = pa.FixedSizeListArray.from_arrays(flat, vectors.shape[1])
+    return pa.table(columns)
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return (x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)).astype(np.float32)
+
+
+def _publish_index(
+    store: Store, name: str, ids: np.ndarray, vectors: np.ndarray, config: IndexConfig, lineage: dict
+) -> str:
+    built = build_index(config, vectors.shape[1], [(ids, vectors)], vectors, num_vectors=len(ids))
+    with store.stage("indexes", name, manifest=dict(lineage)) as staged:
+        save_index(built, staged.path)
+    store.publish("indexes", name, staged.version)
+    return staged.version
+
+
+def _publish_vectors(store: Store, name: str, table: pa.Table, model_version: str) -> str:
+    with store.stage("embeddings", name, manifest={"model_version": model_version}) as staged:
+        pq.write_table(table, os.path.join(staged.path, "part-00000.parquet"))
+    store.publish("embeddings", name, staged.version)
+    return staged.version
+
+
+def fixture_index_configs() -> dict[str, IndexConfig]:
+    """Exact (Flat) indexes: tiny fixtures need no training, and results are deterministic."""
+    return {
+        "content": IndexConfig(factory_string="Flat", metric="cosine"),
+        "user": IndexConfig(factory_string="Flat", metric="ip"),
+    }
+
+
+def build_serving_set(
+    store_root: str, data_path: str, seed: int = 0, content_dim: int = 32
+) -> dict[str, str]:
+    """Publish one new coherent set of every artifact serving reads (see module docstring).
+
+    Args:
+        store_root: the store to publish into.
+        data_path: a contract dataset (posts, engagements, follows; e.g. from write_tiny_dataset).
+        seed: varies the vectors and the ranker's weights between sets.
+        content_dim: content embedding dimension.
+
+    Returns:
+        'kind/name' -> published version.
+    """
+    rng = np.random.default_rng(seed)
+    store = Store(store_root)
+    index_configs = fixture_index_configs()
+    posts = post_table_from_dataset(data_path)
+    engagements = read_table(str(Path(data_path) / "engagements"), ["user_id", "post_id", "event"])
+    users = np.unique(read_table(str(Path(data_path) / "users"), ["user_id"]).column("user_id").to_numpy())
+    versions: dict[str, str] = {}
+
+    # Content side: a pretend content model version, its post vectors, the index, pooled user interests.
+    content_model = f"content-model-seed{seed}"
+    centers = rng.normal(size=(8, content_dim))
+    post_vectors = _unit(
+        centers[posts.author_ids % 8] + 0.5 * rng.normal(size=(len(posts.post_ids), content_dim))
+    )
+    versions["embeddings/content"] = _publish_vectors(
+        store, "content", _vector_table("post_id", posts.post_ids, post_vectors), content_model
+    )
+    versions["indexes/content"] = _publish_index(
+        store,
+        "content",
+        posts.post_ids,
+        post_vectors,
+        index_configs["content"],
+        {"embedding_version": versions["embeddings/content"], "model_version": content_model},
+    )
+    event = engagements.column("event").to_numpy(zero_copy_only=False)
+    positive = np.isin(event, POSITIVE_EVENTS)
+    e_users = engagements.column("user_id").to_numpy()[positive]
+    e_rows = np.searchsorted(posts.post_ids, engagements.column("post_id").to_numpy()[positive])
+    interest_users, inverse = np.unique(e_users, return_inverse=True)
+    interest = np.zeros((len(interest_users), content_dim))
+    np.add.at(interest, inverse, post_vectors[e_rows])
+    versions["embeddings/user_interest"] = _publish_vectors(
+        store, "user_interest", _vector_table("user_id", interest_users, _unit(interest)), content_model
+    )
+
+    # Ranker side: a random ranker, its user / user-author vectors and the user index, one lineage.
+    config = RankerConfig(discretizer=DiscretizerConfig(num_bins=8, hash_space_size=4096))
+    samples = {name: rng.gamma(2.0, 10.0, 500) for name in config.continuous_features}
+    samples.update({name: np.asarray(posts.columns[name], dtype=float) for name in posts.columns})
+    discretizer = fit_discretizer(
+        samples, config.discretizer.num_bins, config.discretizer.hash_space_size, config.categorical_features
+    )
+    import torch
+
+    torch.manual_seed(seed)
+    model = build_ranker(config).eval()
+    with store.stage("models", "ranker", manifest={"fixture_seed": seed}) as staged:
+        save_ranker(staged.path, model, config, discretizer, metadata={"fixture_seed": seed})
+    ranker_version = staged.version
+    store.publish("models", "ranker", ranker_version)
+    versions["models/ranker"] = ranker_version
+
+    def split_vectors(group: str, n: int) -> np.ndarray:
+        group_config = config.groups[group]
+        columns = {name: rng.gamma(2.0, 10.0, n) for name in group_config.continuous_features}
+        columns.update(
+            {
+                name: rng.choice(["a", "b", "c"], n).astype(object)
+                for name in group_config.categorical_features
+            }
+        )
+        ids, dense = encode_group(config, discretizer, group, columns)
+        return compute_split_vectors(export_split(model, group), ids, dense)
+
+    user_vectors = split_vectors("user", len(users))
+    versions["embeddings/user"] = _publish_vectors(
+        store, "user", _vector_table("user_id", users, user_vectors), ranker_version
+    )
+    authors = posts.author_ids[np.searchsorted(posts.post_ids, engagements.column("post_id").to_numpy())]
+    pairs = np.unique(np.stack([engagements.column("user_id").to_numpy(), authors], axis=1), axis=0)
+    versions["embeddings/user_author"] = _publish_vectors(
+        store,
+        "user_author",
+        _vector_table(
+            "user_id", pairs[:, 0], split_vectors("user_author", len(pairs)), author_id=pairs[:, 1]
+        ),
+        ranker_version,
+    )
+    versions["indexes/user"] = _publish_index(
+        store,
+        "user",
+        users,
+        user_vectors,
+        index_configs["user"],
+        {"embedding_version": versions["embeddings/user"], "model_version": ranker_version},
+    )
+    return versions

@@ -1,0 +1,414 @@
+"""Serving core without Ray: request validation, candidate merging, coherent loading, refusal, swap, rollback."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from ranking.serve_config import ServeConfig
+from ranking.serving_fixture import build_serving_set, fixture_index_configs, write_tiny_dataset
+from ranking.serving_state import (
+    INDEX_POINTERS,
+    RANKER_POINTERS,
+    BundleHolder,
+    BundleLoadError,
+    CandidateQuery,
+    IdLists,
+    NeighborQuery,
+    RankQuery,
+    RequestError,
+    load_index_bundle,
+    load_ranker_bundle,
+    match_route,
+    merge_candidates,
+    parse_json_object,
+    parse_k,
+    parse_sources,
+    parse_user_id,
+    read_pointers,
+    recommend,
+    rollback_serving_set,
+    validate_neighbors,
+    validate_rank,
+)
+from retrieval.store import Store
+
+CONFIG = ServeConfig(warmup_queries=4)
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    """A tiny dataset and a store holding two coherent serving sets (the second one CURRENT)."""
+    root = tmp_path_factory.mktemp("serve")
+    data = str(root / "data")
+    write_tiny_dataset(data, num_users=200, num_posts=400, seed=3)
+    first = build_serving_set(str(root / "store"), data, seed=1, content_dim=16)
+    second = build_serving_set(str(root / "store"), data, seed=2, content_dim=16)
+    return {"root": root, "data": data, "store": str(root / "store"), "first": first, "second": second}
+
+
+@pytest.fixture
+def store_copy(served, tmp_path):
+    """A private copy of the served store for tests that publish, corrupt or roll back."""
+    target = tmp_path / "store"
+    shutil.copytree(served["store"], target)
+    return Store(str(target))
+
+
+def _index(store: Store, data: str):
+    return load_index_bundle(
+        store, read_pointers(store, INDEX_POINTERS), CONFIG, fixture_index_configs(), data
+    )
+
+
+def _ranker(store: Store, data: str):
+    return load_ranker_bundle(store, read_pointers(store, RANKER_POINTERS), CONFIG, data)
+
+
+@pytest.fixture(scope="module")
+def bundles(served):
+    store = Store(served["store"])
+    return _index(store, served["data"]), _ranker(store, served["data"])
+
+
+# ------------------------------------------------------------------------------------------- validation
+
+
+@pytest.mark.parametrize("raw", ["0", "-3", "1001", "abc", "", "1.5", 2.5, True, [5]])
+def test_k_out_of_range_or_not_a_number_is_422_with_the_allowed_range(raw):
+    with pytest.raises(RequestError) as info:
+        parse_k(raw, default=100, maximum=1000)
+    assert info.value.status == 422
+    assert "between 1 and 1000" in info.value.message
+
+
+def test_k_defaults_and_accepts_integers_in_range():
+    assert parse_k(None, default=100, maximum=1000) == 100
+    assert parse_k(" 7 ", default=100, maximum=1000) == 7
+    assert parse_k(1000, default=100, maximum=1000) == 1000
+    assert parse_k(3.0, default=100, maximum=1000) == 3
+
+
+def test_user_id_must_be_a_non_negative_integer():
+    assert parse_user_id("42") == 42
+    for raw in ("abc", "-1", "1e3", str(2**63)):
+        with pytest.raises(RequestError) as info:
+            parse_user_id(raw)
+        assert info.value.status == 422 and "user_id" in info.value.message
+
+
+def test_sources():
+    assert parse_sources(None) == ("content", "collaborative")
+    assert parse_sources("both") == ("content", "collaborative")
+    assert parse_sources("collaborative") == ("collaborative",)
+    assert parse_sources("content,content") == ("content",)
+    with pytest.raises(RequestError) as info:
+        parse_sources("content,trending")
+    assert info.value.status == 422 and "trending" in info.value.message
+
+
+@pytest.mark.parametrize("body", [b"{not json", b"", b"\xff\xfe", b"[1, 2]", b'"text"'])
+def test_malformed_or_non_object_json_is_400(body):
+    with pytest.raises(RequestError) as info:
+        parse_json_object(body)
+    assert info.value.status == 400
+
+
+def test_neighbors_body_validation():
+    assert validate_neighbors({"post_id": 3, "k": "5"}, CONFIG).k == 5
+    query = validate_neighbors({"vector": [1, 2, 3]}, CONFIG)
+    assert query.k == CONFIG.default_k and query.vector.dtype == np.float32
+    bad = [
+        {"vector": [1.0], "post_id": 3},
+        {},
+        {"post_id": 3, "k": 0},
+        {"post_id": 3, "k": "many"},
+        {"post_id": "x"},
+        {"post_id": 3, "path": "/etc/passwd"},
+        json.loads('{"vector": [NaN, 1.0]}'),
+    ]
+    for body in bad:
+        with pytest.raises(RequestError) as info:
+            validate_neighbors(body, CONFIG)
+        assert info.value.status == 422, body
+    with pytest.raises(RequestError, match="between 1 and 1000"):
+        validate_neighbors({"post_id": 3, "k": 5000}, CONFIG)
+
+
+def test_rank_body_validation():
+    query = validate_rank({"user_id": 3, "post_ids": [1, 2]}, CONFIG)
+    assert query.user_id == 3 and query.post_ids.tolist() == [1, 2]
+    assert len(validate_rank({"user_id": 3, "post_ids": []}, CONFIG).post_ids) == 0
+    for body in ({"user_id": "x", "post_ids": [1]}, {"post_ids": [1]}, {"user_id": 1, "post_ids": ["a"]}):
+        with pytest.raises(RequestError) as info:
+            validate_rank(body, CONFIG)
+        assert info.value.status == 422
+    with pytest.raises(RequestError, match="between 0 and 3"):
+        validate_rank({"user_id": 1, "post_ids": [1, 2, 3, 4]}, ServeConfig(max_rank_posts=3))
+
+
+def test_routes():
+    assert match_route("GET", "/v1/candidates/12") == ("candidates", "12")
+    assert match_route("GET", "/v1/recommend/12/") == ("recommend", "12")
+    assert match_route("POST", "/v1/rank") == ("rank", None)
+    assert match_route("GET", "/healthz") == ("healthz", None)
+    for method, path, status in [
+        ("GET", "/v1/rank", 405),
+        ("POST", "/v1/candidates/1", 405),
+        ("GET", "/v1/candidates", 404),
+        ("GET", "/v1/files/etc/passwd", 404),
+        ("GET", "/", 404),
+    ]:
+        with pytest.raises(RequestError) as info:
+            match_route(method, path)
+        assert info.value.status == status, (method, path)
+
+
+# ------------------------------------------------------------------------------------------- merging
+
+
+def test_merge_interleaves_sources_deduplicates_and_keeps_every_sources_score():
+    content = (np.array([10, 11, 12]), np.array([0.9, 0.8, 0.7]))
+    collaborative = (np.array([11, 20]), np.array([3.0, 2.0]))
+    merged = merge_candidates({"content": content, "collaborative": collaborative}, k=10)
+    assert [c["post_id"] for c in merged] == [10, 11, 20, 12]
+    both = merged[1]
+    assert both["source"] == "collaborative" or both["source"] == "content"
+    assert both["scores"] == {"content": 0.8, "collaborative": 3.0}
+    assert [
+        c["post_id"] for c in merge_candidates({"content": content, "collaborative": collaborative}, k=2)
+    ] == [
+        10,
+        11,
+    ]
+    assert merge_candidates({}, k=5) == []
+    assert merge_candidates({"content": (np.zeros(0, np.int64), np.zeros(0))}, k=5) == []
+
+
+def test_id_lists_keep_the_most_recent_first_and_cap():
+    lists = IdLists.from_pairs(
+        keys=np.array([2, 1, 2, 2, 1]),
+        values=np.array([20, 10, 21, 22, 11]),
+        order=np.array([1, 5, 3, 2, 4]),
+        cap=2,
+    )
+    assert lists.get(2).tolist() == [21, 22]
+    assert lists.get(1).tolist() == [10, 11]
+    assert lists.get(3).tolist() == []
+
+
+# ------------------------------------------------------------------------------------------- bundles
+
+
+def test_candidates_exclude_seen_posts_and_carry_source_and_score(bundles):
+    index, _ = bundles
+    users = [int(u) for u in index.known_users[:20]]
+    results = index.candidates([CandidateQuery(u, 30) for u in users])
+    assert any(len(r) for r in results)
+    for user, result in zip(users, results, strict=True):
+        seen = set(index.lists.seen.get(user).tolist())
+        ids = [c["post_id"] for c in result]
+        assert len(ids) == len(set(ids)) <= 30
+        assert not seen & set(ids)
+        assert all(c["source"] in ("content", "collaborative") and c["source"] in c["scores"] for c in result)
+
+
+def test_content_only_candidates_are_the_index_neighbours_of_the_interest_vector(bundles):
+    index, _ = bundles
+    user = int(index.interest.ids[0])
+    result = index.candidates([CandidateQuery(user, 5, ("content",))])[0]
+    assert {c["source"] for c in result} == {"content"}
+    scores = [c["score"] for c in result]
+    assert scores == sorted(scores, reverse=True)
+    # Exact check against numpy: cosine of the interest vector with every unseen post.
+    vectors = index.post_vectors.vectors / np.linalg.norm(index.post_vectors.vectors, axis=1, keepdims=True)
+    query = index.interest.get(user) / np.linalg.norm(index.interest.get(user))
+    sims = vectors @ query
+    sims[np.isin(index.post_vectors.ids, index.lists.seen.get(user))] = -np.inf
+    expected = index.post_vectors.ids[np.argsort(-sims)[:5]]
+    assert [c["post_id"] for c in result] == expected.tolist()
+
+
+def test_unknown_user_is_a_404_naming_it_and_does_not_fail_the_batch(bundles):
+    index, ranker = bundles
+    known = int(index.known_users[0])
+    results = index.candidates([CandidateQuery(987654, 5), CandidateQuery(known, 5)])
+    assert (
+        isinstance(results[0], RequestError) and results[0].status == 404 and "987654" in results[0].message
+    )
+    assert isinstance(results[1], list)
+    ranked = ranker.rank([RankQuery(987654, np.array([1]))])[0]
+    assert isinstance(ranked, RequestError) and ranked.status == 404 and "987654" in ranked.message
+
+
+def test_neighbors_errors_and_self_exclusion(bundles):
+    index, _ = bundles
+    post = int(index.post_vectors.ids[0])
+    wrong_dim, unknown, by_post = index.neighbors(
+        [
+            NeighborQuery(5, vector=np.ones(3, np.float32)),
+            NeighborQuery(5, post_id=10**9),
+            NeighborQuery(5, post_id=post),
+        ]
+    )
+    assert wrong_dim.status == 422 and "expected 16" in wrong_dim.message
+    assert unknown.status == 404 and str(10**9) in unknown.message
+    assert len(by_post) == 5 and post not in [n["post_id"] for n in by_post]
+    by_vector = index.neighbors([NeighborQuery(3, vector=index.post_vectors.vectors[0])])[0]
+    assert by_vector[0]["post_id"] == post
+
+
+def test_rank_scores_match_the_scorer_and_empty_is_empty(bundles):
+    _, ranker = bundles
+    user = int(ranker.known_users[3])
+    posts = ranker.posts.post_ids[:7]
+    empty, full, unknown = ranker.rank(
+        [
+            RankQuery(user, np.zeros(0, np.int64)),
+            RankQuery(user, posts),
+            RankQuery(user, np.array([posts[0], 10**9])),
+        ]
+    )
+    assert len(empty["score"]) == 0
+    rows = np.searchsorted(ranker.posts.post_ids, posts)
+    direct = ranker.scorer.score(
+        user, posts, ranker.posts.author_ids[rows], {k: v[rows] for k, v in ranker.feature_columns.items()}
+    )
+    np.testing.assert_allclose(full["probabilities"], direct)
+    np.testing.assert_allclose(full["score"], direct[:, 0])  # default weights: engage only
+    assert unknown.status == 404 and str(10**9) in unknown.message
+
+
+def test_recommend_ranks_candidates_and_returns_top_k(bundles):
+    index, ranker = bundles
+    user = int(index.interest.ids[1])
+    top = recommend(index, ranker, user, k=5, num_candidates=40)
+    candidates = {c["post_id"] for c in index.candidates([CandidateQuery(user, 40)])[0]}
+    assert 0 < len(top) <= 5 and {t["post_id"] for t in top} <= candidates
+    scores = [t["score"] for t in top]
+    assert scores == sorted(scores, reverse=True)
+    all_scores = ranker.rank([RankQuery(user, np.array(sorted(candidates)))])[0]["score"]
+    assert scores[0] == pytest.approx(all_scores.max())
+
+
+# ------------------------------------------------------------------------------------------- coherence / refusal
+
+
+def _republish_interest(store: Store, model_version: str) -> str:
+    current = store.current("embeddings", "user_interest")
+    table = pq.read_table(Path(store.path("embeddings", "user_interest", current)) / "part-00000.parquet")
+    with store.stage("embeddings", "user_interest", manifest={"model_version": model_version}) as staged:
+        pq.write_table(table, Path(staged.path) / "part-00000.parquet")
+    store.publish("embeddings", "user_interest", staged.version)
+    return staged.version
+
+
+def test_interest_vectors_from_another_content_model_are_refused(store_copy, served):
+    _republish_interest(store_copy, "some-other-content-model")
+    with pytest.raises(BundleLoadError, match="incoherent"):
+        _index(store_copy, served["data"])
+
+
+def test_user_vectors_from_another_ranker_are_refused(store_copy, served):
+    # Point the ranker back at the first set while the user vectors stay from the second one.
+    store_copy.publish("models", "ranker", served["first"]["models/ranker"])
+    with pytest.raises(BundleLoadError, match="incoherent"):
+        _ranker(store_copy, served["data"])
+
+
+def test_index_without_lineage_is_refused_when_lineage_is_required(store_copy, served):
+    index_dir = Path(store_copy.path("indexes", "content", served["second"]["indexes/content"]))
+    manifest = json.loads((index_dir / "manifest.json").read_text())
+    del manifest["embedding_version"]
+    (index_dir / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleLoadError, match="embedding_version"):
+        _index(store_copy, served["data"])
+
+
+def _holder(store: Store, data: str) -> BundleHolder:
+    return BundleHolder(
+        "index",
+        lambda: read_pointers(store, INDEX_POINTERS),
+        lambda pointers: load_index_bundle(store, pointers, CONFIG, fixture_index_configs(), data),
+    )
+
+
+@pytest.mark.parametrize("damage", ["corrupt", "missing"])
+def test_corrupt_or_missing_version_is_refused_and_the_old_one_keeps_serving(store_copy, served, damage):
+    holder = _holder(store_copy, served["data"])
+    assert holder.poll()
+    serving = holder.current
+    new = build_serving_set(str(store_copy.root), served["data"], seed=3, content_dim=16)
+    index_file = Path(store_copy.path("indexes", "content", new["indexes/content"])) / "index.faiss"
+    if damage == "corrupt":
+        data = bytearray(index_file.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        index_file.write_bytes(bytes(data))
+    else:
+        index_file.unlink()
+    assert not holder.poll()
+    assert holder.current is serving
+    assert "index.faiss" in holder.last_error and new["indexes/content"] in holder.last_error
+    assert not holder.poll()  # the refused pointers are not retried until they change
+    # A good version published afterwards is picked up.
+    fixed = build_serving_set(str(store_copy.root), served["data"], seed=4, content_dim=16)
+    assert holder.poll()
+    assert holder.current.versions["indexes"]["content"]["version"] == fixed["indexes/content"]
+    assert holder.last_error is None and holder.swaps == 2
+
+
+def test_rollback_returns_to_the_previous_coherent_set(store_copy, served):
+    changed = rollback_serving_set(store_copy)
+    first = served["first"]
+    for key in (
+        "indexes/content",
+        "indexes/user",
+        "embeddings/user_interest",
+        "models/ranker",
+        "embeddings/user",
+    ):
+        kind, name = key.split("/")
+        assert store_copy.current(kind, name) == first[key], key
+    assert changed["models/ranker"] == first["models/ranker"]
+    index = _index(store_copy, served["data"])
+    ranker = _ranker(store_copy, served["data"])
+    assert index.versions["indexes"]["user"]["version"] == first["indexes/user"]
+    assert ranker.versions["models"]["ranker"]["version"] == first["models/ranker"]
+
+
+def test_unknown_score_weight_task_is_refused(served):
+    store = Store(served["store"])
+    config = ServeConfig(warmup_queries=2, score_weights={"retweet": 1.0})
+    with pytest.raises(BundleLoadError, match="retweet"):
+        load_ranker_bundle(store, read_pointers(store, RANKER_POINTERS), config, served["data"])
+
+
+def test_serve_config_rejects_unknown_keys():
+    with pytest.raises(ValueError):
+        ServeConfig.model_validate({"batching": {"max_batch_size": 8, "wait": 1}})
+
+
+def test_vectors_with_nan_are_refused(store_copy, served):
+    current = store_copy.current("embeddings", "user_interest")
+    model = store_copy.manifest("embeddings", "user_interest", current)["model_version"]
+    table = pq.read_table(
+        Path(store_copy.path("embeddings", "user_interest", current)) / "part-00000.parquet"
+    )
+    vectors = np.stack(table.column("vector").to_numpy(zero_copy_only=False)).astype(np.float32)
+    vectors[0, 0] = np.nan
+    bad = table.set_column(
+        table.schema.get_field_index("vector"),
+        "vector",
+        pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel()), vectors.shape[1]),
+    )
+    with store_copy.stage("embeddings", "user_interest", manifest={"model_version": model}) as staged:
+        pq.write_table(bad, Path(staged.path) / "part-00000.parquet")
+    store_copy.publish("embeddings", "user_interest", staged.version)
+    with pytest.raises(BundleLoadError, match="NaN"):
+        _index(store_copy, served["data"])
