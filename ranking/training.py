@@ -181,7 +181,9 @@ def train_ranker(
         order = rng.permutation(len(train))
         batches = range(0, len(order), tc.batch_size)
         total, count = 0.0, 0
-        for start in tqdm(batches, desc=f"epoch {epoch + 1}/{tc.epochs}", disable=not progress, leave=False):
+        for start in tqdm(
+            batches, desc=f"epoch {epoch + 1}/{tc.epochs}", disable=not progress, leave=False, mininterval=2.0
+        ):
             index = order[start : start + tc.batch_size]
             ids, dense = _to_tensors(train, index)
             loss = loss_fn(model(ids, dense), labels[index])
