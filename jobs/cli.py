@@ -20,6 +20,11 @@ COMMAND_MODULES = [
     "jobs.import_data",
     "jobs.validate_dataset",
     "jobs.submit",
+    "jobs.build_ranking_features",
+    "jobs.train_ranker",
+    "jobs.export",
+    "jobs.export_user_embeddings",
+    "jobs.serve_app",
 ]
 
 DEFAULT_CONFIG = "conf/local.yaml"

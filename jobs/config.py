@@ -65,6 +65,12 @@ class GenerateConfig(_Strict):
     )
 
 
+class UserInterestConfig(_Strict):
+    window_days: float = Field(30.0, gt=0, description="Engagements older than this are ignored.")
+    half_life_days: float = Field(7.0, gt=0, description="An engagement's weight halves every half-life.")
+    max_recent_posts: PositiveInt = Field(100, description="Recent engaged post ids kept per user (seen filter).")
+
+
 class RefreshConfig(_Strict):
     schedule: str = Field("0 3 * * *", description="Cron expression for `nearline schedule`.")
     missed_run_policy: Literal["skip", "run_once"] = "run_once"
@@ -79,6 +85,7 @@ class NearlineConfig(_Strict):
     data: DataConfig = DataConfig()
     generate: GenerateConfig = GenerateConfig()
     content: ContentModelConfig = ContentModelConfig()
+    user_interest: UserInterestConfig = UserInterestConfig()
     ranker: RankerConfig = RankerConfig()
     indexes: dict[str, IndexConfig] = Field(default_factory=default_index_configs)
     serve: ServeConfig = ServeConfig()

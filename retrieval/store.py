@@ -1,7 +1,8 @@
 """Versioned artifact store: models, embeddings, indexes, run records.
 
 Layout (design.md):
-    <root>/<kind>/<name>/<version>/        files + manifest.json (written last)
+    <root>/<kind>/<name>/<version>/        files + manifest.json (written last);
+                                           Parquet payloads in its data/ subdirectory
     <root>/<kind>/<name>/CURRENT           the serving version, switched atomically
     <root>/<kind>/<name>/HISTORY           published versions, oldest first (rollback)
     <root>/<kind>/<name>/_staging/<version>/  work in progress, never read by consumers
@@ -32,6 +33,7 @@ from typing import Any
 
 KINDS = ("models", "embeddings", "indexes", "features", "training")
 MANIFEST = "manifest.json"
+TABLE_DIR = "data"
 _VERSION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
@@ -128,6 +130,11 @@ class StagedArtifact:
     path: str
     manifest: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def data_path(self) -> str:
+        """Where to write a Parquet payload (see Store.data_path)."""
+        return str(Path(self.path) / TABLE_DIR)
+
 
 class Store:
     """A store root holding versioned artifacts (see module docstring for the layout)."""
@@ -147,6 +154,10 @@ class Store:
 
     def path(self, kind: str, name: str, version: str) -> str:
         return str(self._artifact_dir(kind, name) / check_version_name(version))
+
+    def data_path(self, kind: str, name: str, version: str) -> str:
+        """Where a version's Parquet payload lives: a subdirectory, so table readers never meet manifest.json."""
+        return str(Path(self.path(kind, name, version)) / TABLE_DIR)
 
     def ensure_writable(self) -> None:
         """Fail early, with the path, when the store root cannot be written."""

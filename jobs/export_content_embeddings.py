@@ -1,0 +1,168 @@
+"""Content embeddings for every post, and users' interest vectors pooled from them.
+
+`nearline export content`
+    Reads:  config.data.path/posts; store models/content (CURRENT, or --model-version)
+    Writes: store embeddings/content/<version>/data: Parquet (post_id long, vector array<float>)
+`nearline export user-interest`
+    Reads:  config.data.path/engagements; store embeddings/content (CURRENT, or --content-version)
+    Writes: store embeddings/user_interest/<version>/data: Parquet
+            (user_id long, vector array<float>, recent_post_ids array<long>)
+
+The model is loaded once per Python worker (cached by path) and applied through
+mapInPandas on Arrow batches; nothing is collected to the driver. Outputs are
+written into a staging version and appear only when complete.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import time
+from collections.abc import Iterator
+
+import numpy as np
+import pandas as pd
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql.window import Window
+
+from jobs.config import NearlineConfig, UserInterestConfig
+from jobs.io import write_parquet_deterministic
+from jobs.spark import build_spark_session
+from retrieval.store import Store, config_hash
+
+ENGAGEMENT_EVENTS = ("like", "reply", "repost")
+
+
+@functools.lru_cache(maxsize=2)
+def _cached_model(model_dir: str):
+    # One load per Python worker process, reused across partitions and batches.
+    from embeddings.content_encoder import load_content_model
+
+    return load_content_model(model_dir)
+
+
+def encode_posts(posts: DataFrame, model_dir: str, batch_size: int) -> DataFrame:
+    """(post_id, text) -> (post_id, vector) with the content model applied per Arrow batch."""
+
+    def encode(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        from embeddings.content_encoder import encode_texts
+
+        model = _cached_model(model_dir)
+        for batch in batches:
+            vectors = encode_texts(model, batch["text"].fillna("").tolist(), batch_size=batch_size)
+            yield pd.DataFrame({"post_id": batch["post_id"].to_numpy(), "vector": list(vectors)})
+
+    return posts.select("post_id", "text").mapInPandas(encode, "post_id long, vector array<float>")
+
+
+def pool_user_interests(engagements: DataFrame, content: DataFrame, config: UserInterestConfig) -> DataFrame:
+    """Recency-weighted mean of the content vectors a user engaged with, L2-normalised.
+
+    The weight of an engagement halves every half_life_days before the newest event
+    in the data; engagements older than window_days are ignored.
+    """
+    positives = engagements.where(F.col("event").isin(*ENGAGEMENT_EVENTS)).select("user_id", "post_id", "ts")
+    newest = positives.agg(F.max("ts").alias("newest"))
+    age_days = (F.unix_micros(F.col("newest")) - F.unix_micros(F.col("ts"))) / F.lit(86_400 * 1e6)
+    recent = (
+        positives.crossJoin(F.broadcast(newest))
+        .where(age_days <= config.window_days)
+        .withColumn("weight", F.pow(F.lit(0.5), age_days / config.half_life_days))
+        .dropDuplicates(["user_id", "post_id"])
+        .join(content, on="post_id", how="inner")
+    )
+    by_recency = Window.partitionBy("user_id").orderBy(F.col("ts").desc(), F.col("post_id"))
+    recent = recent.withColumn("rank", F.row_number().over(by_recency))
+    dim = F.size(F.first("vector"))
+    pooled = recent.groupBy("user_id").agg(
+        F.collect_list(F.struct("weight", "vector")).alias("items"),
+        F.sort_array(F.collect_list(F.when(F.col("rank") <= config.max_recent_posts,
+                                           F.struct("rank", "post_id")))).alias("recent"),
+        dim.alias("dim"),
+    )
+    weighted_sum = F.aggregate(
+        "items", F.array_repeat(F.lit(0.0), F.col("dim")),
+        lambda acc, item: F.zip_with(acc, item["vector"], lambda a, v: a + item["weight"] * v),
+    )
+    norm = F.sqrt(F.aggregate(F.col("summed"), F.lit(0.0), lambda acc, v: acc + v * v))
+    return (
+        pooled.withColumn("summed", weighted_sum)
+        .withColumn("norm", norm)
+        .where(F.col("norm") > 0)
+        .select(
+            "user_id",
+            F.transform("summed", lambda v: (v / F.col("norm")).cast("float")).alias("vector"),
+            F.transform("recent", lambda r: r["post_id"]).alias("recent_post_ids"),
+        )
+    )
+
+
+def run_content(spark: SparkSession, config: NearlineConfig, store: Store, model_version: str | None,
+                publish: bool) -> tuple[str, int]:
+    model_version = store.resolve("models", "content", model_version)
+    model_dir = store.path("models", "content", model_version)
+    posts_path = f"{config.data.path}/posts"
+    posts = spark.read.parquet(posts_path)
+    manifest = {"producer": "nearline export content", "model_version": model_version,
+                "input": {"posts": posts_path}, "config_hash": config_hash(config.content)}
+    with store.stage("embeddings", "content", manifest=manifest) as staged:
+        rows = write_parquet_deterministic(encode_posts(posts, model_dir, config.content.batch_size),
+                                          staged.data_path)
+        if rows == 0:
+            raise ValueError(f"no posts to encode in {posts_path}: expected at least one row")
+        staged.manifest.update({"row_counts": {"posts": rows}, "dim": config.content.content_embedding_dim})
+    if publish:
+        store.publish("embeddings", "content", staged.version)
+    return staged.version, rows
+
+
+def run_user_interest(spark: SparkSession, config: NearlineConfig, store: Store, content_version: str | None,
+                      publish: bool) -> tuple[str, int]:
+    content_version = store.resolve("embeddings", "content", content_version)
+    content_manifest = store.manifest("embeddings", "content", content_version)
+    content = spark.read.parquet(store.data_path("embeddings", "content", content_version))
+    engagements_path = f"{config.data.path}/engagements"
+    engagements = spark.read.parquet(engagements_path)
+    manifest = {"producer": "nearline export user-interest", "content_version": content_version,
+                "model_version": content_manifest.get("model_version"),
+                "input": {"engagements": engagements_path}, "config_hash": config_hash(config.user_interest)}
+    with store.stage("embeddings", "user_interest", manifest=manifest) as staged:
+        interests = pool_user_interests(engagements, content, config.user_interest)
+        rows = write_parquet_deterministic(interests, staged.data_path)
+        staged.manifest.update({"row_counts": {"users": rows}, "dim": content_manifest.get("dim")})
+    if publish:
+        store.publish("embeddings", "user_interest", staged.version)
+    return staged.version, rows
+
+
+def _handle_content(args: argparse.Namespace, config: NearlineConfig) -> int:
+    started = time.perf_counter()
+    store = Store(config.store.root)
+    spark = build_spark_session(config.spark, app_suffix="export-content")
+    version, rows = run_content(spark, config, store, args.model_version, not args.no_publish)
+    elapsed = time.perf_counter() - started
+    print(f"encoded {rows:,} posts in {elapsed:.1f} s ({rows / elapsed:,.0f} posts/s) -> embeddings/content/{version}")
+    return 0
+
+
+def _handle_user_interest(args: argparse.Namespace, config: NearlineConfig) -> int:
+    started = time.perf_counter()
+    store = Store(config.store.root)
+    spark = build_spark_session(config.spark, app_suffix="export-user-interest")
+    version, rows = run_user_interest(spark, config, store, args.content_version, not args.no_publish)
+    print(f"pooled {rows:,} user interest vectors in {time.perf_counter() - started:.1f} s "
+          f"-> embeddings/user_interest/{version}")
+    return 0
+
+
+def register_export(exports: argparse._SubParsersAction) -> None:
+    """Adds `export content` and `export user-interest` to the `export` command."""
+    content = exports.add_parser("content", help="content embeddings of every post (Spark)")
+    content.add_argument("--model-version", help="content model version (default: CURRENT)")
+    content.add_argument("--no-publish", action="store_true", help="stage the version without publishing it")
+    content.set_defaults(handler=_handle_content)
+    interest = exports.add_parser("user-interest", help="users' pooled interest vectors (Spark)")
+    interest.add_argument("--content-version", help="content embedding version (default: CURRENT)")
+    interest.add_argument("--no-publish", action="store_true", help="stage the version without publishing it")
+    interest.set_defaults(handler=_handle_user_interest)
