@@ -1,0 +1,165 @@
+"""`nearline serve`, `nearline query ...` and `nearline rollback`: run, call and steer the serving app.
+
+Reads:  the store (config.store.root): published indexes, embeddings, ranker, CURRENT pointers;
+        the dataset (config.data.path): engagements (seen / engaged posts), posts and follows (post features).
+Writes: `serve` writes nothing (optionally a ready file with the URL); `rollback` moves CURRENT pointers
+        back to the previous coherent set, which serving replicas pick up on their next poll.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from jobs.config import NearlineConfig
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    serve_parser = subparsers.add_parser(
+        "serve", help="run the Ray Serve app on a local Ray until Ctrl-C / SIGTERM"
+    )
+    serve_parser.add_argument("--host", help="bind address (default: serve.host, loopback)")
+    serve_parser.add_argument("--port", type=int, help="HTTP port (default: serve.port)")
+    serve_parser.add_argument("--num-cpus", type=int, help="CPUs for the local Ray (default: all)")
+    serve_parser.add_argument("--ready-file", help="write {url, versions} JSON here once the app answers")
+    serve_parser.add_argument(
+        "--max-runtime-s", type=float, help="stop by itself after this many seconds (demos, smoke tests)"
+    )
+    serve_parser.set_defaults(handler=run_serve)
+
+    query = subparsers.add_parser("query", help="call the serving app over HTTP and print the JSON answer")
+    query.add_argument("--url", help="app base URL (default: http://serve.host:serve.port)")
+    kinds = query.add_subparsers(dest="query_kind", metavar="KIND", required=True)
+    candidates = kinds.add_parser("candidates", help="candidate posts for a user")
+    candidates.add_argument("user_id")
+    candidates.add_argument("--k")
+    candidates.add_argument("--sources", help="content, collaborative or both")
+    recommend = kinds.add_parser("recommend", help="candidates -> rank -> top k for a user")
+    recommend.add_argument("user_id")
+    recommend.add_argument("--k")
+    recommend.add_argument("--candidates")
+    rank = kinds.add_parser("rank", help="calibrated scores of posts for a user")
+    rank.add_argument("user_id")
+    rank.add_argument("post_ids", nargs="*")
+    neighbors = kinds.add_parser("neighbors", help="posts similar to a post or a vector")
+    group = neighbors.add_mutually_exclusive_group(required=True)
+    group.add_argument("--post-id")
+    group.add_argument("--vector", help="comma-separated floats")
+    neighbors.add_argument("--k")
+    kinds.add_parser("versions", help="index, embedding and model versions being served")
+    kinds.add_parser("health", help="GET /healthz")
+    query.set_defaults(handler=run_query)
+
+    rollback = subparsers.add_parser(
+        "rollback",
+        help="return serving to the previously published coherent versions (serving follows by poll)",
+    )
+    rollback.add_argument("--side", choices=("content", "user", "both"), default="both")
+    rollback.set_defaults(handler=run_rollback)
+
+
+def run_serve(args: argparse.Namespace, config: NearlineConfig) -> int:
+    import httpx
+
+    from ranking.serve import app_spec, shutdown_local, start_local
+
+    updates = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
+    serve_config = config.serve.model_copy(update=updates)
+    spec = app_spec(config.store.root, config.data.path, serve_config, config.indexes)
+    url = f"http://{serve_config.host}:{serve_config.port}"
+    stop = threading.Event()
+    # SIGTERM ends the wait like Ctrl-C, so that Ray is always shut down on the way out.
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    started = time.perf_counter()
+    try:
+        start_local(spec, num_cpus=args.num_cpus)
+        versions = httpx.get(f"{url}/v1/versions", timeout=serve_config.request_timeout_s).json()
+        print(f"nearline serving on {url} ({time.perf_counter() - started:.1f} s to start); Ctrl-C to stop")
+        print(json.dumps(versions.get("serving", versions), indent=1))
+        if args.ready_file:
+            Path(args.ready_file).write_text(json.dumps({"url": url, "versions": versions.get("serving")}))
+        deadline = None if args.max_runtime_s is None else time.monotonic() + args.max_runtime_s
+        while not stop.wait(0.5):
+            if deadline is not None and time.monotonic() > deadline:
+                break
+    except KeyboardInterrupt:
+        pass
+    finally:
+        shutdown_local()
+        print("nearline serve stopped")
+    return 0
+
+
+def _http(config: NearlineConfig, url: str | None, method: str, path: str, **kwargs: Any) -> int:
+    import httpx
+
+    base = url or f"http://{config.serve.host}:{config.serve.port}"
+    try:
+        response = httpx.request(
+            method, base.rstrip("/") + path, timeout=config.serve.request_timeout_s, **kwargs
+        )
+    except httpx.HTTPError as exc:
+        raise RuntimeError(
+            f"cannot reach the serving app at {base} ({exc}); is `nearline serve` running?"
+        ) from None
+    try:
+        body = response.json()
+    except ValueError:
+        body = {"raw": response.text}
+    out = sys.stdout if response.is_success else sys.stderr
+    print(json.dumps(body, indent=1), file=out)
+    return 0 if response.is_success else 1
+
+
+def run_query(args: argparse.Namespace, config: NearlineConfig) -> int:
+    kind = args.query_kind
+    if kind == "candidates":
+        params = {k: v for k, v in (("k", args.k), ("sources", args.sources)) if v is not None}
+        return _http(config, args.url, "GET", f"/v1/candidates/{args.user_id}", params=params)
+    if kind == "recommend":
+        params = {k: v for k, v in (("k", args.k), ("candidates", args.candidates)) if v is not None}
+        return _http(config, args.url, "GET", f"/v1/recommend/{args.user_id}", params=params)
+    if kind == "rank":
+        try:
+            body = {"user_id": int(args.user_id), "post_ids": [int(p) for p in args.post_ids]}
+        except ValueError:
+            raise ValueError(
+                f"rank takes integer ids, got user {args.user_id!r} posts {args.post_ids}"
+            ) from None
+        return _http(config, args.url, "POST", "/v1/rank", json=body)
+    if kind == "neighbors":
+        body: dict[str, Any] = {} if args.k is None else {"k": args.k}
+        try:
+            if args.post_id is not None:
+                body["post_id"] = int(args.post_id)
+            else:
+                body["vector"] = [float(x) for x in args.vector.split(",") if x.strip()]
+        except ValueError:
+            raise ValueError(
+                f"--post-id must be an integer and --vector comma-separated floats, got {args}"
+            ) from None
+        return _http(config, args.url, "POST", "/v1/neighbors", json=body)
+    if kind == "versions":
+        return _http(config, args.url, "GET", "/v1/versions")
+    return _http(config, args.url, "GET", "/healthz")
+
+
+def run_rollback(args: argparse.Namespace, config: NearlineConfig) -> int:
+    from ranking.serving_state import rollback_serving_set
+    from retrieval.store import Store
+
+    sides = ("content", "user") if args.side == "both" else (args.side,)
+    changed = rollback_serving_set(Store(config.store.root), sides)
+    for pointer, version in changed.items():
+        print(f"{pointer}: CURRENT -> {version}")
+    print(
+        f"rolled back {len(changed)} pointer(s); serving replicas switch within serve.poll_interval_s "
+        f"({config.serve.poll_interval_s} s)"
+    )
+    return 0

@@ -1,0 +1,546 @@
+"""The Ray Serve application: candidates, neighbours, ranking and recommendations over HTTP and handles.
+
+Three deployments (``build_app`` wires them; ``conf/serve.yaml`` runs it with ``serve run`` / ``serve
+deploy``; ``nearline serve`` starts it on a local Ray):
+
+- ``IndexDeployment`` holds the content and user FAISS indexes with the vectors that query them
+  (GPU via its actor options when ``serve.index_num_gpus`` > 0). Candidate and neighbour requests
+  from all callers are merged by ``@serve.batch`` into one FAISS call per index per batch.
+- ``RankerDeployment`` holds the ranker scorer with the precomputed user / user-author vectors and
+  the post features; one scorer call per batch.
+- ``Ingress`` answers HTTP (``GET /v1/candidates/{user_id}?k=&sources=``, ``POST /v1/neighbors``,
+  ``POST /v1/rank``, ``GET /v1/recommend/{user_id}?k=&candidates=``, ``GET /v1/versions``,
+  ``GET /healthz``) and exposes the same operations as handle methods for in-cluster callers.
+
+Both model-holding deployments follow the store: a daemon thread polls the CURRENT pointers every
+``serve.poll_interval_s`` (a ``user_config`` change of ``reload`` polls at once), loads a changed set
+beside the serving one, verifies and warms it up, swaps the reference and frees the old set
+(``ranking.serving_state.BundleHolder``). A set that fails is refused and the old one keeps serving.
+
+Metrics (Prometheus, through Ray's metrics agent): ``nearline_request_latency_ms`` and
+``nearline_requests`` by route and status, ``nearline_batch_size`` and ``nearline_candidate_count``,
+``nearline_serving_version`` (1 for each artifact version serving), ``nearline_version_swaps`` and
+``nearline_version_refusals``. Each request is logged as one JSON line with its request id (taken from
+the ``x-request-id`` header or Serve's own id) and returned in the ``x-request-id`` response header.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import ray
+from pydantic import BaseModel, ConfigDict, Field
+from ray import serve
+from ray.serve import metrics
+from ray.serve.handle import DeploymentHandle
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+
+from ranking.serve_config import ServeConfig
+from ranking.serving_state import (
+    INDEX_POINTERS,
+    RANKER_POINTERS,
+    SOURCES,
+    BundleHolder,
+    CandidateQuery,
+    IndexBundle,
+    NeighborQuery,
+    RankerBundle,
+    RankQuery,
+    RequestError,
+    load_index_bundle,
+    load_ranker_bundle,
+    match_route,
+    parse_json_object,
+    parse_k,
+    parse_sources,
+    parse_user_id,
+    rank_response,
+    read_pointers,
+    select_top,
+    validate_neighbors,
+    validate_rank,
+)
+from retrieval.config import IndexConfig
+from retrieval.store import Store
+
+log = logging.getLogger("ray.serve")
+
+APP_NAME = "nearline"
+LATENCY_BOUNDARIES_MS = [0.5, 1, 2, 3, 5, 7.5, 10, 15, 20, 30, 50, 75, 100, 200, 500, 1000, 2000]
+
+
+class AppSpec(BaseModel):
+    """What every deployment needs, resolved on the driver (absolute paths, validated configs)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    store_root: str
+    data_path: str
+    serve: ServeConfig = ServeConfig()
+    indexes: dict[str, IndexConfig] = Field(default_factory=dict)
+
+
+class ServeAppArgs(BaseModel):
+    """``args`` of the Serve config file (``conf/serve.yaml``): which nearline config to serve."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    config: str | None = Field(None, description="nearline YAML (default: conf/local.yaml when present).")
+    overrides: list[str] = Field(default_factory=list, description="--set style KEY=VALUE overrides.")
+
+
+def _version_gauge_tags(versions: dict[str, Any] | None) -> dict[str, str]:
+    """'kind/name' -> version of every artifact in a bundle's versions tree."""
+    flat = {}
+    for kind, artifacts in (versions or {}).items():
+        for name, info in artifacts.items():
+            if isinstance(info, dict) and info.get("version"):
+                flat[f"{kind}/{name}"] = str(info["version"])
+    return flat
+
+
+class _Follower:
+    """Shared by the two model-holding deployments: the bundle holder, batching knobs, version metrics."""
+
+    _holder: BundleHolder
+
+    def _create_metrics(self) -> None:
+        self._version_gauge = metrics.Gauge(
+            "nearline_serving_version",
+            "1 for each artifact version being served",
+            tag_keys=("artifact", "version"),
+        )
+        self._swaps = metrics.Counter("nearline_version_swaps", "Bundles swapped in")
+        self._refusals = metrics.Counter("nearline_version_refusals", "Published versions refused")
+        self._batch_size = metrics.Histogram(
+            "nearline_batch_size",
+            "Requests per batched call",
+            boundaries=[1, 2, 4, 8, 16, 32, 64, 128, 256],
+            tag_keys=("method",),
+        )
+        self._reload_token: Any = None
+
+    def _follow(self, name: str, holder: BundleHolder, spec: AppSpec) -> None:
+        """Load the first bundle (failing the replica when nothing is servable), then poll."""
+        self._name = name
+        self._holder = holder
+        self._serve_config = spec.serve
+        if not holder.poll():
+            raise RuntimeError(f"{name}: no servable version in the store: {holder.last_error}")
+        holder.start(spec.serve.poll_interval_s)
+
+    def _on_swap(self, old: Any, new: Any) -> None:
+        # Runs on the poll thread (or in reconfigure): metrics only, the swap itself is done.
+        self._swaps.inc()
+        for artifact, version in _version_gauge_tags(getattr(old, "versions", None)).items():
+            self._version_gauge.set(0, tags={"artifact": artifact, "version": version})
+        for artifact, version in _version_gauge_tags(new.versions).items():
+            self._version_gauge.set(1, tags={"artifact": artifact, "version": version})
+
+    def _on_refuse(self, reason: str) -> None:
+        self._refusals.inc()
+
+    def _apply_user_config(self, user_config: dict, batched: list) -> None:
+        unknown = set(user_config) - {"max_batch_size", "batch_wait_timeout_s", "reload", "score_weights"}
+        if unknown:
+            raise ValueError(f"unknown user_config key(s) {sorted(unknown)}")
+        size = int(user_config.get("max_batch_size", self._serve_config.batching.max_batch_size))
+        wait = float(
+            user_config.get("batch_wait_timeout_s", self._serve_config.batching.batch_wait_timeout_s)
+        )
+        if size < 1 or wait < 0:
+            raise ValueError(f"max_batch_size must be >= 1 and batch_wait_timeout_s >= 0, got {size}, {wait}")
+        for method in batched:
+            method.set_max_batch_size(size)
+            method.set_batch_wait_timeout_s(wait)
+        self._batching = {"max_batch_size": size, "batch_wait_timeout_s": wait}
+        if "reload" in user_config and user_config["reload"] != self._reload_token:
+            self._reload_token = user_config["reload"]
+            self._holder.poll()
+
+    def versions(self) -> dict[str, Any]:
+        """What this deployment serves: pointers, versions tree, load time, last refusal, batching."""
+        status = self._holder.status()
+        status["batching"] = self._batching_status()
+        return status
+
+    def _batching_status(self) -> dict[str, Any]:
+        return dict(self._batching)
+
+    def check_health(self) -> None:
+        if self._holder.current is None:
+            raise RuntimeError(f"{self._name}: no bundle loaded")
+
+    def __del__(self) -> None:
+        holder = getattr(self, "_holder", None)
+        if holder is not None:
+            holder.stop()
+
+
+def _raise_error(result: Any) -> Any:
+    if isinstance(result, RequestError):
+        raise result
+    return result
+
+
+@serve.deployment(name="IndexDeployment")
+class IndexDeployment(_Follower):
+    """The FAISS indexes and their query vectors; batched candidates and neighbours."""
+
+    def __init__(self, spec: dict[str, Any]) -> None:
+        spec_model = AppSpec.model_validate(spec)
+        store = Store(spec_model.store_root)
+        holder: BundleHolder[IndexBundle] = BundleHolder(
+            "index",
+            lambda: read_pointers(store, INDEX_POINTERS),
+            lambda pointers: load_index_bundle(
+                store, pointers, spec_model.serve, spec_model.indexes, spec_model.data_path
+            ),
+            on_swap=self._on_swap,
+            on_refuse=self._on_refuse,
+        )
+        self._create_metrics()
+        self._candidate_count = metrics.Histogram(
+            "nearline_candidate_count",
+            "Candidates returned per query",
+            boundaries=[1, 10, 50, 100, 200, 500, 1000, 2000],
+            tag_keys=("method",),
+        )
+        self._follow("index", holder, spec_model)
+        self._apply_user_config({}, [self._candidates_batch, self._neighbors_batch])
+
+    def reconfigure(self, user_config: dict) -> None:
+        self._apply_user_config(user_config, [self._candidates_batch, self._neighbors_batch])
+
+    @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.002)
+    async def _candidates_batch(self, queries: list[CandidateQuery]) -> list[Any]:
+        bundle = self._holder.current  # one bundle for the whole batch, even across a swap
+        self._batch_size.observe(len(queries), tags={"method": "candidates"})
+        results = bundle.candidates(queries)
+        for result in results:
+            if not isinstance(result, RequestError):
+                self._candidate_count.observe(len(result), tags={"method": "candidates"})
+        return results
+
+    @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.002)
+    async def _neighbors_batch(self, queries: list[NeighborQuery]) -> list[Any]:
+        bundle = self._holder.current
+        self._batch_size.observe(len(queries), tags={"method": "neighbors"})
+        return bundle.neighbors(queries)
+
+    async def candidates(self, user_id: int, k: int, sources: tuple[str, ...] = SOURCES) -> list[dict]:
+        """Candidates for a user: [{post_id, source, score, scores}], seen posts excluded.
+
+        Raises:
+            RequestError: 404 unknown user.
+        """
+        return _raise_error(
+            await self._candidates_batch(CandidateQuery(int(user_id), int(k), tuple(sources)))
+        )
+
+    async def neighbors(
+        self, k: int, vector: list[float] | None = None, post_id: int | None = None
+    ) -> list[dict]:
+        """Posts nearest a vector or another post's content vector: [{post_id, score}].
+
+        Raises:
+            RequestError: 422 wrong vector dimension, 404 unknown post.
+        """
+        query = NeighborQuery(
+            k=int(k),
+            vector=None if vector is None else np.asarray(vector, dtype=np.float32),
+            post_id=None if post_id is None else int(post_id),
+        )
+        return _raise_error(await self._neighbors_batch(query))
+
+
+@serve.deployment(name="RankerDeployment")
+class RankerDeployment(_Follower):
+    """The ranker scorer over one ranker version's precomputed vectors; batched scoring."""
+
+    def __init__(self, spec: dict[str, Any]) -> None:
+        import torch
+
+        spec_model = AppSpec.model_validate(spec)
+        torch.set_num_threads(spec_model.serve.torch_num_threads)
+        store = Store(spec_model.store_root)
+        self._score_weights = dict(spec_model.serve.score_weights)
+        holder: BundleHolder[RankerBundle] = BundleHolder(
+            "ranker",
+            lambda: read_pointers(store, RANKER_POINTERS),
+            lambda pointers: self._load(store, pointers, spec_model),
+            on_swap=self._on_swap,
+            on_refuse=self._on_refuse,
+        )
+        self._create_metrics()
+        self._follow("ranker", holder, spec_model)
+        self._apply_user_config({}, [self._rank_batch])
+
+    def _load(self, store: Store, pointers: dict, spec: AppSpec) -> RankerBundle:
+        bundle = load_ranker_bundle(store, pointers, spec.serve, spec.data_path)
+        bundle.set_score_weights(self._score_weights)
+        return bundle
+
+    def reconfigure(self, user_config: dict) -> None:
+        if "score_weights" in user_config:
+            weights = {str(k): float(v) for k, v in dict(user_config["score_weights"]).items()}
+            self._holder.current.set_score_weights(weights)  # raises ValueError on unknown tasks
+            self._score_weights = weights
+        self._apply_user_config(user_config, [self._rank_batch])
+
+    def _batching_status(self) -> dict[str, Any]:
+        return {**self._batching, "score_weights": self._score_weights}
+
+    @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.002)
+    async def _rank_batch(self, queries: list[RankQuery]) -> list[Any]:
+        bundle = self._holder.current
+        self._batch_size.observe(len(queries), tags={"method": "rank"})
+        results = bundle.rank(queries)
+        return [r if isinstance(r, RequestError) else rank_response(r, bundle.tasks) for r in results]
+
+    async def rank(self, user_id: int, post_ids: list[int]) -> list[dict]:
+        """Calibrated scores in the given post order: [{post_id, score, probabilities}].
+
+        Raises:
+            RequestError: 404 unknown user or posts.
+        """
+        query = RankQuery(int(user_id), np.asarray(post_ids, dtype=np.int64))
+        return _raise_error(await self._rank_batch(query))
+
+
+def _unwrap_error(exc: BaseException) -> RequestError | None:
+    """A RequestError raised in another replica (Ray wraps it in RayTaskError)."""
+    if isinstance(exc, RequestError):
+        return exc
+    cause = getattr(exc, "cause", None)
+    return cause if isinstance(cause, RequestError) else None
+
+
+@serve.deployment(name="Ingress")
+class Ingress:
+    """HTTP edge and handle API: validates requests, calls the index and ranker deployments."""
+
+    def __init__(
+        self, index: DeploymentHandle, ranker: DeploymentHandle, serve_config: dict[str, Any]
+    ) -> None:
+        self._index = index
+        self._ranker = ranker
+        self._config = ServeConfig.model_validate(serve_config)
+        self._latency = metrics.Histogram(
+            "nearline_request_latency_ms",
+            "HTTP request latency",
+            boundaries=LATENCY_BOUNDARIES_MS,
+            tag_keys=("route", "status"),
+        )
+        self._requests = metrics.Counter("nearline_requests", "HTTP requests", tag_keys=("route", "status"))
+
+    # ---- handle API (in-cluster callers); HTTP routes use the same methods
+    async def candidates(
+        self, user_id: int, k: int | None = None, sources: tuple[str, ...] = SOURCES
+    ) -> list[dict]:
+        k = parse_k(k, self._config.default_k, self._config.max_k)
+        return await self._index.candidates.remote(user_id, k, tuple(sources))
+
+    async def neighbors(
+        self, k: int | None = None, vector: list[float] | None = None, post_id: int | None = None
+    ):
+        query = validate_neighbors({"k": k, "vector": vector, "post_id": post_id}, self._config)
+        vector_list = None if query.vector is None else query.vector.tolist()
+        return await self._index.neighbors.remote(query.k, vector_list, query.post_id)
+
+    async def rank(self, user_id: int, post_ids: list[int]) -> list[dict]:
+        query = validate_rank({"user_id": user_id, "post_ids": list(post_ids)}, self._config)
+        if len(query.post_ids) == 0:
+            return []
+        return await self._ranker.rank.remote(query.user_id, query.post_ids.tolist())
+
+    async def recommend(
+        self, user_id: int, k: int | None = None, num_candidates: int | None = None
+    ) -> list[dict]:
+        k = parse_k(k, self._config.recommend_top_k, self._config.max_k)
+        num_candidates = parse_k(
+            num_candidates,
+            self._config.default_recommend_candidates,
+            self._config.max_recommend_candidates,
+            name="candidates",
+        )
+        candidates = await self._index.candidates.remote(user_id, num_candidates, SOURCES)
+        if not candidates:
+            return []
+        ranked = await self._ranker.rank.remote(user_id, [c["post_id"] for c in candidates])
+        return select_top(candidates, np.asarray([r["score"] for r in ranked]), k)
+
+    async def versions(self) -> dict[str, Any]:
+        index, ranker = await self._index.versions.remote(), await self._ranker.versions.remote()
+        serving: dict[str, dict] = {}
+        for part in (index, ranker):
+            for kind, artifacts in (part.get("versions") or {}).items():
+                serving.setdefault(kind, {}).update(artifacts)
+        return {"serving": serving, "index_deployment": index, "ranker_deployment": ranker}
+
+    # ---- HTTP
+    async def __call__(self, request: Request) -> JSONResponse:
+        started = time.perf_counter()
+        # Serve's proxy takes the caller's x-request-id (or makes one) and returns it in the response header.
+        request_id = _serve_request_id() or request.headers.get("x-request-id") or uuid.uuid4().hex
+        route = "unknown"
+        try:
+            path = request.url.path
+            root = request.scope.get("root_path", "")
+            if root and path.startswith(root):
+                path = path[len(root) :]
+            route, user_param = match_route(request.method, path)
+            status, body = 200, await self._dispatch(route, user_param, request)
+        except Exception as exc:  # noqa: BLE001 - the HTTP boundary: every failure becomes a JSON error
+            error = _unwrap_error(exc)
+            if error is None:
+                log.exception("request %s failed", request_id)
+                error = RequestError(500, f"internal error: {type(exc).__name__}")
+            status, body = error.status, error.to_dict(request_id)
+            if route == "healthz":
+                status = 503
+        latency_ms = (time.perf_counter() - started) * 1000
+        self._latency.observe(latency_ms, tags={"route": route, "status": str(status)})
+        self._requests.inc(tags={"route": route, "status": str(status)})
+        log.info(
+            json.dumps(
+                {
+                    "event": "request",
+                    "request_id": request_id,
+                    "route": route,
+                    "method": request.method,
+                    "status": status,
+                    "latency_ms": round(latency_ms, 3),
+                }
+            )
+        )
+        return JSONResponse(body, status_code=status)
+
+    async def _dispatch(self, route: str, user_param: str | None, request: Request) -> Any:
+        params = request.query_params
+        if route == "candidates":
+            items = await self.candidates(
+                parse_user_id(user_param), params.get("k"), parse_sources(params.get("sources"))
+            )
+            return {"user_id": int(user_param), "candidates": items}
+        if route == "recommend":
+            user_id = parse_user_id(user_param)
+            items = await self.recommend(user_id, params.get("k"), params.get("candidates"))
+            return {"user_id": user_id, "items": items}
+        if route == "neighbors":
+            body = parse_json_object(await request.body())
+            query = validate_neighbors(body, self._config)
+            vector = None if query.vector is None else query.vector.tolist()
+            return {"neighbors": await self._index.neighbors.remote(query.k, vector, query.post_id)}
+        if route == "rank":
+            body = parse_json_object(await request.body())
+            query = validate_rank(body, self._config)
+            return {
+                "user_id": query.user_id,
+                "scores": await self.rank(query.user_id, query.post_ids.tolist()),
+            }
+        if route == "versions":
+            return await self.versions()
+        if route == "healthz":
+            await self._index.check_health.remote()
+            await self._ranker.check_health.remote()
+            return {"status": "ok"}
+        raise RequestError(404, f"no endpoint {route}")
+
+
+def _serve_request_id() -> str | None:
+    try:
+        from ray.serve.context import _get_serve_request_context
+
+        return _get_serve_request_context().request_id or None
+    except (ImportError, AttributeError):
+        return None
+
+
+def app_spec(
+    store_root: str, data_path: str, serve_config: ServeConfig, indexes: dict[str, IndexConfig]
+) -> AppSpec:
+    """An AppSpec with absolute paths, so replicas started in any directory read the same store."""
+    return AppSpec(
+        store_root=str(Path(store_root).absolute()),
+        data_path=str(Path(data_path).absolute()),
+        serve=serve_config,
+        indexes=indexes,
+    )
+
+
+def build_app_from_spec(spec: AppSpec):
+    """The application graph for a spec: index and ranker deployments behind the ingress."""
+    cfg = spec.serve
+    spec_dict = spec.model_dump(mode="json")
+    common = {"num_replicas": cfg.num_replicas, "max_ongoing_requests": cfg.max_ongoing_requests}
+    index = IndexDeployment.options(
+        ray_actor_options={"num_cpus": cfg.index_num_cpus, "num_gpus": cfg.index_num_gpus}, **common
+    ).bind(spec_dict)
+    ranker = RankerDeployment.options(ray_actor_options={"num_cpus": cfg.ranker_num_cpus}, **common).bind(
+        spec_dict
+    )
+    return Ingress.options(ray_actor_options={"num_cpus": cfg.ingress_num_cpus}, **common).bind(
+        index, ranker, cfg.model_dump(mode="json")
+    )
+
+
+def build_app(args: dict[str, Any]):
+    """Entry point for ``serve run`` / ``serve deploy`` (import_path ``ranking.serve:build_app``).
+
+    Args:
+        args: ServeAppArgs fields: ``config`` (nearline YAML) and ``overrides``.
+    """
+    from jobs.cli import default_config_path
+    from jobs.config import load_config
+
+    app_args = ServeAppArgs.model_validate(args or {})
+    config = load_config(default_config_path(app_args.config), app_args.overrides)
+    return build_app_from_spec(app_spec(config.store.root, config.data.path, config.serve, config.indexes))
+
+
+def start_local(
+    spec: AppSpec, num_cpus: int | None = None, blocking_timeout_s: float = 180.0
+) -> DeploymentHandle:
+    """Start (or join) a local Ray, start Serve on the configured loopback address, run the app.
+
+    Returns:
+        The ingress handle. Call ``shutdown_local()`` to stop everything.
+    """
+    if not ray.is_initialized():
+        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
+    serve.start(http_options={"host": spec.serve.host, "port": spec.serve.port})
+    try:
+        return serve.run(build_app_from_spec(spec), name=APP_NAME, route_prefix=spec.serve.route_prefix)
+    except RuntimeError as exc:
+        raise RuntimeError(f"{exc}: {_deployment_messages()}") from None
+
+
+def _deployment_messages() -> str:
+    """Why deployments are unhealthy, from Serve's status (the replica's exception text)."""
+    try:
+        app = serve.status().applications.get(APP_NAME)
+    except Exception:  # noqa: BLE001 - diagnostics only; the original error is raised anyway
+        return "(serve status unavailable)"
+    if app is None:
+        return "(application not found)"
+    messages = [
+        f"{name}: {d.message.strip().splitlines()[-1]}" for name, d in app.deployments.items() if d.message
+    ]
+    return "; ".join(messages) or app.message
+
+
+def shutdown_local() -> None:
+    """Stop Serve and the local Ray started by ``start_local``."""
+    try:
+        if ray.is_initialized():
+            serve.shutdown()
+    finally:
+        ray.shutdown()
