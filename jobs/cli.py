@@ -24,6 +24,8 @@ COMMAND_MODULES = [
     "jobs.train_ranker",
     "jobs.export",
     "jobs.export_user_embeddings",
+    "jobs.refresh",
+    "jobs.schedule",
     "jobs.serve_app",
 ]
 

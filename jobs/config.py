@@ -77,6 +77,9 @@ class RefreshConfig(_Strict):
     max_retries: int = Field(2, ge=0)
     retry_backoff_s: float = Field(30.0, ge=0)
     lock_path: str = Field("store/refresh.lock", description="Held for the duration of a refresh.")
+    ranker_sample_fraction: float = Field(
+        1.0, gt=0, le=1, description="Share of the new period's rows a warm-started retrain uses."
+    )
 
 
 class NearlineConfig(_Strict):

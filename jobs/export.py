@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import argparse
 
-from jobs import export_content_embeddings
+from jobs import export_content_embeddings, export_user_embeddings
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("export", help="compute and store embeddings in batch (Spark)")
     kinds = parser.add_subparsers(dest="kind", metavar="KIND", required=True)
     export_content_embeddings.register_export(kinds)
+    export_user_embeddings.register_export(kinds)

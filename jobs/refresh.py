@@ -1,0 +1,292 @@
+"""One refresh: rebuild embeddings, ranker and indexes from the configured snapshot, then publish.
+
+Reads:  config.data.path (the contract tables); the store's serving versions (warm start)
+Writes: new versions in the store; CURRENT pointers switch only at the very end,
+        after every stage and every validation gate passed; a run record in store/runs/
+
+Chain: validate input -> content model (bootstrap when none is serving) -> content
+embeddings -> user interests -> ranking features -> ranker (warm-started from the
+serving one) -> user and user-author embeddings -> content and user indexes (each
+gated on recall, counts, NaN and dimension) -> publish.
+
+Each stage has a key: a hash of its config section, its upstream versions and the
+input files' fingerprint. When a previous successful run produced a version under
+the same key and that version still exists, the stage is skipped and the version
+reused, so re-running an unchanged refresh is cheap and publishes nothing new.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import hashlib
+import json
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from jobs.config import NearlineConfig
+from retrieval.store import Store, config_hash, new_version
+
+# Artifacts a refresh publishes, in publish order: the indexes go last because
+# serving follows the index pointers and must find everything they name already there.
+PUBLISH_ORDER = (
+    ("models", "content"),
+    ("embeddings", "content"),
+    ("embeddings", "user_interest"),
+    ("models", "ranker"),
+    ("embeddings", "user"),
+    ("embeddings", "user_author"),
+    ("indexes", "content"),
+    ("indexes", "user"),
+)
+
+
+class StageFailed(RuntimeError):
+    def __init__(self, stage: str, reason: str) -> None:
+        super().__init__(f"stage {stage} failed: {reason}")
+        self.stage, self.reason = stage, reason
+
+
+def input_fingerprint(data_path: str) -> str:
+    """Hash of every input file's path, size and mtime: cheap, and changes whenever data is appended."""
+    root = Path(data_path)
+    if not root.is_dir():
+        raise FileNotFoundError(f"dataset directory not found: {data_path}")
+    digest = hashlib.sha256()
+    for path in sorted(root.rglob("*")):
+        if path.is_file() and not path.name.startswith((".", "_")):
+            stat = path.stat()
+            digest.update(f"{path.relative_to(root).as_posix()}:{stat.st_size}:{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()[:16]
+
+
+def stage_key(stage: str, *parts: Any) -> str:
+    payload = json.dumps([stage, *parts], sort_keys=True, default=str).encode()
+    return hashlib.sha256(payload).hexdigest()[:16]
+
+
+@dataclass
+class StageRecord:
+    name: str
+    status: str = "pending"  # ran | skipped | failed
+    key: str | None = None
+    version: str | None = None
+    seconds: float = 0.0
+    details: dict[str, Any] = field(default_factory=dict)
+    reason: str | None = None
+
+
+@dataclass
+class RefreshRun:
+    config: NearlineConfig
+    store: Store
+    run_id: str = field(default_factory=new_version)
+    stages: list[StageRecord] = field(default_factory=list)
+    staged: dict[tuple[str, str], str] = field(default_factory=dict)
+
+    def previous_versions(self) -> dict[str, str]:
+        """stage key -> version, from earlier successful runs whose versions still exist."""
+        found: dict[str, str] = {}
+        for record in self.store.runs(limit=50):
+            if record.get("outcome") not in ("success", "unchanged"):
+                continue
+            for stage in record.get("stages", []):
+                if stage.get("key") and stage.get("version"):
+                    found[stage["key"]] = stage["version"]
+        return found
+
+    def stage(self, name: str, artifact: tuple[str, str] | None, key: str | None,
+              action: Callable[[], tuple[str | None, dict[str, Any]]]) -> str | None:
+        """Run one stage (or reuse the version an earlier run made under the same key)."""
+        record = StageRecord(name, key=key)
+        self.stages.append(record)
+        started = time.perf_counter()
+        reusable = self.previous_versions().get(key) if key else None
+        if reusable and artifact and reusable in self.store.versions(*artifact):
+            record.status, record.version = "skipped", reusable
+            print(f"[{name}] unchanged inputs: reusing {artifact[0]}/{artifact[1]} {reusable}", flush=True)
+        else:
+            print(f"[{name}] running", flush=True)
+            try:
+                record.version, record.details = action()
+            except Exception as exc:  # noqa: BLE001 - the refresh boundary: record which stage and why
+                record.status, record.reason = "failed", f"{type(exc).__name__}: {exc}"
+                record.seconds = round(time.perf_counter() - started, 2)
+                record.details["traceback"] = traceback.format_exc(limit=8)
+                raise StageFailed(name, record.reason) from exc
+            record.status = "ran"
+        record.seconds = round(time.perf_counter() - started, 2)
+        if artifact and record.version:
+            self.staged[artifact] = record.version
+        print(f"[{name}] {record.status} in {record.seconds:.1f} s"
+              + (f" -> {record.version}" if record.version else ""), flush=True)
+        return record.version
+
+
+def _validate_input(config: NearlineConfig) -> tuple[None, dict[str, Any]]:
+    from jobs.contract import read_tables, validate_tables
+
+    report = validate_tables(read_tables(config.data.path))
+    if not report.ok:
+        raise ValueError("input breaks the data contract: " + "; ".join(str(p) for p in report.problems[:5]))
+    return None, {"row_counts": report.row_counts}
+
+
+def run_refresh(config: NearlineConfig, spark=None) -> dict[str, Any]:  # noqa: ANN001 - SparkSession, imported lazily
+    """Run the whole chain once; returns the run record (also written to store/runs/)."""
+    from jobs import (
+        build_index,
+        build_ranking_features,
+        export_content_embeddings,
+        export_user_embeddings,
+        train_content_model,
+        train_ranker,
+    )
+    from jobs.spark import build_spark_session
+
+    store = Store(config.store.root)
+    store.ensure_writable()
+    run = RefreshRun(config, store)
+    started_at = dt.datetime.now(dt.timezone.utc)
+    record: dict[str, Any] = {"run_id": run.run_id, "started_at": started_at.isoformat(), "outcome": "running",
+                              "data_path": config.data.path, "config_hash": config_hash(config)}
+    store.record_run(record)
+    serving_before = {f"{k}/{n}": store.current(k, n) for k, n in PUBLISH_ORDER}
+    try:
+        fingerprint = input_fingerprint(config.data.path)
+        record["input_fingerprint"] = fingerprint
+        run.stage("validate_input", None, None, lambda: _validate_input(config))
+        spark = spark or build_spark_session(config.spark, expected_rows=1_000_000, app_suffix="refresh")
+
+        content_model = store.current("models", "content")
+        if content_model is None:
+            content_model = run.stage(
+                "content_model", ("models", "content"),
+                stage_key("content_model", fingerprint, config_hash(config.content)),
+                lambda: train_content_model.train_from_dataset(spark, config, store, publish=False),
+            )
+        content = run.stage(
+            "content_embeddings", ("embeddings", "content"),
+            stage_key("content_embeddings", fingerprint, content_model),
+            lambda: _versioned(export_content_embeddings.run_content(spark, config, store, content_model, False)),
+        )
+        interest = run.stage(
+            "user_interest", ("embeddings", "user_interest"),
+            stage_key("user_interest", fingerprint, content, config_hash(config.user_interest)),
+            lambda: _versioned(export_content_embeddings.run_user_interest(spark, config, store, content, False)),
+        )
+        features = run.stage(
+            "features", ("features", "ranking"),
+            stage_key("features", fingerprint, content, config_hash(config.ranker.features)),
+            lambda: _versioned(build_ranking_features.run(spark, config, content_version=content)),
+        )
+        parent = store.current("models", "ranker")
+        ranker = run.stage(
+            "ranker", ("models", "ranker"),
+            stage_key("ranker", features, parent, config_hash(config.ranker)),
+            lambda: _manifest(train_ranker.run(config, parent or "none", config.refresh.ranker_sample_fraction,
+                                               publish=False, features_version=features)),
+        )
+        user = run.stage(
+            "user_embeddings", ("embeddings", "user"), stage_key("user_embeddings", fingerprint, ranker),
+            lambda: _manifest(export_user_embeddings.run(spark, config, "user", ranker, publish=False)),
+        )
+        run.stage(
+            "user_author_embeddings", ("embeddings", "user_author"),
+            stage_key("user_author_embeddings", fingerprint, ranker),
+            lambda: _manifest(export_user_embeddings.run(spark, config, "user-author", ranker, publish=False)),
+        )
+        for name, embedding_version in (("content", content), ("user", user)):
+            run.stage(
+                f"index_{name}", ("indexes", name),
+                stage_key(f"index_{name}", embedding_version, config_hash(config.indexes[name])),
+                lambda name=name, embedding_version=embedding_version: _manifest(
+                    build_index.run(config, name, embedding_version=embedding_version, publish=False)),
+            )
+        run.stage("publish", None, None, lambda: (None, _publish(store, run.staged, config.store.keep_versions)))
+        changed = {f"{k}/{n}": v for (k, n), v in run.staged.items() if serving_before.get(f"{k}/{n}") != v}
+        record["outcome"] = "success" if changed else "unchanged"
+        record["published"] = changed
+    except StageFailed as failure:
+        record.update(outcome="failed", failed_stage=failure.stage, reason=failure.reason)
+    except Exception as exc:  # noqa: BLE001 - before any stage ran (bad paths, store not writable)
+        record.update(outcome="failed", failed_stage="setup", reason=f"{type(exc).__name__}: {exc}")
+    finished_at = dt.datetime.now(dt.timezone.utc)
+    record.update(
+        finished_at=finished_at.isoformat(), seconds=round((finished_at - started_at).total_seconds(), 2),
+        stages=[vars(stage) for stage in run.stages],
+        serving={f"{k}/{n}": store.current(k, n) for k, n in PUBLISH_ORDER},
+    )
+    record["record_path"] = store.record_run(record)
+    return record
+
+
+def _versioned(result: tuple[str, Any]) -> tuple[str, dict[str, Any]]:
+    version, details = result
+    return version, details if isinstance(details, dict) else {"rows": details}
+
+
+def _manifest(result: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    details = {k: v for k, v in result.items() if k in ("row_counts", "metrics", "gate", "warm_start", "rows_per_s")}
+    return result["version"], details
+
+
+def _publish(store: Store, staged: dict[tuple[str, str], str], keep_versions: int) -> dict[str, Any]:
+    published = {}
+    for kind, name in PUBLISH_ORDER:
+        version = staged.get((kind, name))
+        if version and store.current(kind, name) != version:
+            store.publish(kind, name, version)
+            published[f"{kind}/{name}"] = version
+    for kind, name in (*PUBLISH_ORDER, ("features", "ranking")):
+        store.retain(kind, name, keep_versions)
+    return {"published": published}
+
+
+def render_record(record: dict[str, Any]) -> str:
+    lines = [f"refresh {record['run_id']}: {record['outcome'].upper()} in {record.get('seconds', 0):.1f} s"]
+    for stage in record.get("stages", []):
+        line = f"  {stage['name']:<24} {stage['status']:<8} {stage['seconds']:>7.1f} s"
+        if stage.get("version"):
+            line += f"  {stage['version']}"
+        if stage.get("reason"):
+            line += f"  ({stage['reason']})"
+        lines.append(line)
+    if record["outcome"] == "failed":
+        lines.append(f"  failed at {record['failed_stage']}: {record['reason']}; serving versions unchanged")
+    lines.append(f"  record: {record.get('record_path')}")
+    return "\n".join(lines)
+
+
+def _handle_refresh(args: argparse.Namespace, config: NearlineConfig) -> int:
+    record = run_refresh(config)
+    print(render_record(record))
+    return 0 if record["outcome"] in ("success", "unchanged") else 1
+
+
+def _handle_runs(args: argparse.Namespace, config: NearlineConfig) -> int:
+    store = Store(config.store.root)
+    records = store.runs(limit=args.limit)
+    if not records:
+        print(f"no runs recorded in {store.root / 'runs'}")
+        return 0
+    print(f"{'run id':<28} {'outcome':<10} {'seconds':>8}  detail")
+    for record in records:
+        detail = record.get("reason") or ", ".join(sorted(record.get("published", {}))) or ""
+        if record.get("failed_stage"):
+            detail = f"{record['failed_stage']}: {detail}"
+        print(f"{record['run_id']:<28} {record.get('outcome', '?'):<10} {record.get('seconds', 0):>8.1f}  {detail[:100]}")
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    refresh = subparsers.add_parser("refresh", help="rebuild and publish every artifact once (validated)")
+    refresh.set_defaults(handler=_handle_refresh)
+    runs = subparsers.add_parser("runs", help="list recent refresh/job runs")
+    runs.add_argument("--limit", type=int, default=20)
+    runs.set_defaults(handler=_handle_runs)
+
