@@ -32,7 +32,9 @@ class StoreConfig(_Strict):
 
 class SparkConfig(_Strict):
     app_name: str = "nearline"
-    master: str = Field("local[*]", description="local[*], spark://host:7077, yarn, k8s://..., or sc://host:port.")
+    master: str = Field(
+        "local[*]", description="local[*], spark://host:7077, yarn, k8s://..., or sc://host:port."
+    )
     driver_memory: str = "2g"
     executor_memory: str | None = Field(None, description="Cluster only, e.g. 8g.")
     executor_cores: PositiveInt | None = None
@@ -60,6 +62,11 @@ class GenerateConfig(_Strict):
     impressions_per_user_per_day: float = Field(12.0, gt=0)
     num_days: PositiveInt = 7
     start_date: str = "2026-11-01"
+    through_day: PositiveInt | None = Field(
+        None,
+        description="Write only what happened before the end of this day (1-based): a snapshot of the "
+        "same world, so day d+1's snapshot is day d's plus one more day. None: all num_days.",
+    )
     users_per_block: PositiveInt = Field(
         2_000, description="Users generated per Spark task; fixed so output does not depend on parallelism."
     )
@@ -68,7 +75,9 @@ class GenerateConfig(_Strict):
 class UserInterestConfig(_Strict):
     window_days: float = Field(30.0, gt=0, description="Engagements older than this are ignored.")
     half_life_days: float = Field(7.0, gt=0, description="An engagement's weight halves every half-life.")
-    max_recent_posts: PositiveInt = Field(100, description="Recent engaged post ids kept per user (seen filter).")
+    max_recent_posts: PositiveInt = Field(
+        100, description="Recent engaged post ids kept per user (seen filter)."
+    )
 
 
 class RefreshConfig(_Strict):
@@ -146,7 +155,9 @@ def load_config(path: str | None, overrides: list[str] | tuple[str, ...] = ()) -
         except yaml.YAMLError as exc:
             raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
         if loaded is not None and not isinstance(loaded, dict):
-            raise ConfigError(f"config file {path}: expected a mapping at the top, got {type(loaded).__name__}")
+            raise ConfigError(
+                f"config file {path}: expected a mapping at the top, got {type(loaded).__name__}"
+            )
         tree = loaded or {}
     for assignment in overrides:
         apply_override(tree, assignment)

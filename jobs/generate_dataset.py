@@ -24,7 +24,7 @@ from jobs.config import GenerateConfig, NearlineConfig
 from jobs.contract import TABLE_SCHEMAS_DDL
 from jobs.io import replace_directory, write_parquet_deterministic
 from jobs.spark import build_spark_session
-from jobs.synthetic import TABLE_GENERATORS, build_skeleton, num_blocks
+from jobs.synthetic import TABLE_GENERATORS, build_skeleton, cut_to_snapshot, num_blocks
 
 TRUTH_SCHEMAS_DDL = {
     "truth/user_topics": "user_id long, topic_weights array<float>, author_topic int, author_popularity float",
@@ -42,7 +42,7 @@ def generate_table(spark: SparkSession, config: GenerateConfig, table: str, skel
         skeleton = skeleton_broadcast.value
         for batch in batches:
             for block in batch["id"].tolist():
-                yield generator(config, skeleton, int(block))
+                yield cut_to_snapshot(config, table, generator(config, skeleton, int(block)))
 
     return spark.range(0, blocks, numPartitions=blocks).mapInPandas(generate_blocks, schema)
 
@@ -60,7 +60,9 @@ def run(spark: SparkSession, config: NearlineConfig) -> dict[str, int]:
             started = time.perf_counter()
             frame = generate_table(spark, config.generate, table, skeleton_broadcast)
             counts[table] = write_parquet_deterministic(frame, str(staging / table))
-            print(f"  {table:<18} {counts[table]:>12,} rows  {time.perf_counter() - started:6.1f} s", flush=True)
+            print(
+                f"  {table:<18} {counts[table]:>12,} rows  {time.perf_counter() - started:6.1f} s", flush=True
+            )
         replace_directory(staging, target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -70,12 +72,18 @@ def run(spark: SparkSession, config: NearlineConfig) -> dict[str, int]:
 
 def _handle(args: argparse.Namespace, config: NearlineConfig) -> int:
     started = time.perf_counter()
-    print(f"generating {config.generate.num_users:,} users (seed {config.generate.seed}) into {config.data.path}")
-    spark = build_spark_session(config.spark, expected_rows=config.generate.num_users * 100, app_suffix="generate")
+    print(
+        f"generating {config.generate.num_users:,} users (seed {config.generate.seed}) into {config.data.path}"
+    )
+    spark = build_spark_session(
+        config.spark, expected_rows=config.generate.num_users * 100, app_suffix="generate"
+    )
     counts = run(spark, config)
     elapsed = time.perf_counter() - started
     total = sum(counts.values())
-    print(f"generated {total:,} rows in {elapsed:.1f} s ({total / elapsed:,.0f} rows/s) -> {config.data.path}")
+    print(
+        f"generated {total:,} rows in {elapsed:.1f} s ({total / elapsed:,.0f} rows/s) -> {config.data.path}"
+    )
     return 0
 
 

@@ -25,10 +25,59 @@ import pandas as pd
 from jobs.config import GenerateConfig
 
 EMOJIS = [
-    "😂", "❤", "😍", "😭", "😊", "😘", "🙏", "🔥", "😎", "💯", "🙌", "👏", "😩", "😢", "😡", "💕",
-    "✨", "🎉", "😴", "🤔", "😤", "💪", "👀", "🙄", "😉", "🎶", "☀", "🌹", "💔", "😱", "🤣", "👍",
+    "😂",
+    "❤",
+    "😍",
+    "😭",
+    "😊",
+    "😘",
+    "🙏",
+    "🔥",
+    "😎",
+    "💯",
+    "🙌",
+    "👏",
+    "😩",
+    "😢",
+    "😡",
+    "💕",
+    "✨",
+    "🎉",
+    "😴",
+    "🤔",
+    "😤",
+    "💪",
+    "👀",
+    "🙄",
+    "😉",
+    "🎶",
+    "☀",
+    "🌹",
+    "💔",
+    "😱",
+    "🤣",
+    "👍",
 ]
-POSITIVE_EMOJIS = {"😂", "❤", "😍", "😊", "😘", "🔥", "😎", "💯", "🙌", "👏", "💕", "✨", "🎉", "💪", "🌹", "🤣", "👍", "☀"}
+POSITIVE_EMOJIS = {
+    "😂",
+    "❤",
+    "😍",
+    "😊",
+    "😘",
+    "🔥",
+    "😎",
+    "💯",
+    "🙌",
+    "👏",
+    "💕",
+    "✨",
+    "🎉",
+    "💪",
+    "🌹",
+    "🤣",
+    "👍",
+    "☀",
+}
 NEGATIVE_EMOJIS = {"😭", "😩", "😢", "😡", "😤", "🙄", "💔", "😱"}
 COMMON_WORDS = "the a to and i you it is in my of for on this that with just so be me at all not".split()
 POSITIVE_WORDS = "love great happy amazing best awesome beautiful win excited perfect lol yay".split()
@@ -106,8 +155,17 @@ def build_skeleton(config: GenerateConfig) -> Skeleton:
     topic_emoji_probs = np.exp(emoji_logits)
     topic_emoji_probs = (topic_emoji_probs / topic_emoji_probs.sum(axis=1, keepdims=True)).astype(np.float32)
     return Skeleton(
-        user_interests, is_author, author_topic, author_popularity, post_author, post_topic,
-        post_sentiment, post_quality, post_created_us.astype(np.int64), topic_words, topic_emoji_probs,
+        user_interests,
+        is_author,
+        author_topic,
+        author_popularity,
+        post_author,
+        post_topic,
+        post_sentiment,
+        post_quality,
+        post_created_us.astype(np.int64),
+        topic_words,
+        topic_emoji_probs,
     )
 
 
@@ -131,16 +189,20 @@ def generate_users(config: GenerateConfig, skeleton: Skeleton, block: int) -> pd
     n = user_ids.shape[0]
     start = _epoch_us(config.start_date)
     created = start - rng.integers(_MICROS_PER_DAY, 3 * 365 * _MICROS_PER_DAY, n)
-    return pd.DataFrame({
-        "user_id": user_ids,
-        "created_at": pd.to_datetime(created, unit="us", utc=True),
-        "country": rng.choice(np.array(["us", "gb", "in", "br", "jp", "de", "fr", "ng"]), size=n),
-        "language": rng.choice(np.array(["en", "es", "pt", "ja"]), size=n, p=[0.7, 0.12, 0.1, 0.08]),
-        "is_verified": skeleton.author_popularity[user_ids - 1] > 20.0,
-    })
+    return pd.DataFrame(
+        {
+            "user_id": user_ids,
+            "created_at": pd.to_datetime(created, unit="us", utc=True),
+            "country": rng.choice(np.array(["us", "gb", "in", "br", "jp", "de", "fr", "ng"]), size=n),
+            "language": rng.choice(np.array(["en", "es", "pt", "ja"]), size=n, p=[0.7, 0.12, 0.1, 0.08]),
+            "is_verified": skeleton.author_popularity[user_ids - 1] > 20.0,
+        }
+    )
 
 
-def _popularity_sampler(skeleton: Skeleton) -> tuple[list[np.ndarray], list[np.ndarray], np.ndarray, np.ndarray]:
+def _popularity_sampler(
+    skeleton: Skeleton,
+) -> tuple[list[np.ndarray], list[np.ndarray], np.ndarray, np.ndarray]:
     """Per-topic author lists with cumulative popularity, plus the global one."""
     author_ids = np.flatnonzero(skeleton.is_author) + 1
     topics = skeleton.author_topic[author_ids - 1]
@@ -170,8 +232,10 @@ def generate_follows(config: GenerateConfig, skeleton: Skeleton, block: int) -> 
         interests = skeleton.user_interests[user_id - 1]
         on_topic = rng.binomial(count, 0.75)
         topics = rng.choice(interests.shape[0], size=on_topic, p=interests / interests.sum())
-        chosen = [_sample_weighted(rng, per_topic_ids[t], per_topic_cum[t], c)
-                  for t, c in zip(*np.unique(topics, return_counts=True))]
+        chosen = [
+            _sample_weighted(rng, per_topic_ids[t], per_topic_cum[t], c)
+            for t, c in zip(*np.unique(topics, return_counts=True))
+        ]
         chosen.append(_sample_weighted(rng, all_ids, all_cum, count - on_topic))
         targets = np.unique(np.concatenate(chosen)) if chosen else np.empty(0, dtype=np.int64)
         targets = targets[targets != user_id]
@@ -181,11 +245,13 @@ def generate_follows(config: GenerateConfig, skeleton: Skeleton, block: int) -> 
     followee_ids = np.concatenate(followees) if followees else np.empty(0, dtype=np.int64)
     start = _epoch_us(config.start_date)
     created = start - rng.integers(1, 365 * _MICROS_PER_DAY, follower_ids.shape[0])
-    return pd.DataFrame({
-        "follower_id": follower_ids,
-        "followee_id": followee_ids,
-        "created_at": pd.to_datetime(created, unit="us", utc=True),
-    })
+    return pd.DataFrame(
+        {
+            "follower_id": follower_ids,
+            "followee_id": followee_ids,
+            "created_at": pd.to_datetime(created, unit="us", utc=True),
+        }
+    )
 
 
 def _post_text(rng: np.random.Generator, skeleton: Skeleton, post_index: int) -> tuple[str, bool]:
@@ -224,14 +290,16 @@ def generate_posts(config: GenerateConfig, skeleton: Skeleton, block: int) -> pd
         text, has_media = _post_text(rng, skeleton, index)
         texts.append(text)
         media.append(has_media)
-    return pd.DataFrame({
-        "post_id": np.arange(lo + 1, hi + 1, dtype=np.int64),
-        "author_id": skeleton.post_author[lo:hi],
-        "text": texts,
-        "created_at": pd.to_datetime(skeleton.post_created_us[lo:hi], unit="us", utc=True),
-        "has_media": np.array(media, dtype=bool),
-        "text_length": np.array([len(t) for t in texts], dtype=np.int32),
-    })
+    return pd.DataFrame(
+        {
+            "post_id": np.arange(lo + 1, hi + 1, dtype=np.int64),
+            "author_id": skeleton.post_author[lo:hi],
+            "text": texts,
+            "created_at": pd.to_datetime(skeleton.post_created_us[lo:hi], unit="us", utc=True),
+            "has_media": np.array(media, dtype=bool),
+            "text_length": np.array([len(t) for t in texts], dtype=np.int32),
+        }
+    )
 
 
 def engagement_probabilities(
@@ -250,7 +318,9 @@ def generate_engagements(config: GenerateConfig, skeleton: Skeleton, block: int)
     # CSR of posts by author, and per-topic post samplers weighted by author popularity.
     author_offsets = np.searchsorted(skeleton.post_author, np.arange(1, skeleton.num_users + 2))
     post_weights = skeleton.author_popularity[skeleton.post_author - 1].astype(np.float64)
-    topic_posts = [np.flatnonzero(skeleton.post_topic == t) for t in range(skeleton.topic_emoji_probs.shape[0])]
+    topic_posts = [
+        np.flatnonzero(skeleton.post_topic == t) for t in range(skeleton.topic_emoji_probs.shape[0])
+    ]
     topic_cums = [np.cumsum(post_weights[p]) for p in topic_posts]
     end_us = _epoch_us(config.start_date) + config.num_days * _MICROS_PER_DAY
     columns: dict[str, list[np.ndarray]] = {"user_id": [], "post_id": [], "event": [], "ts": []}
@@ -264,7 +334,10 @@ def generate_engagements(config: GenerateConfig, skeleton: Skeleton, block: int)
             chosen_authors = rng.choice(followees, size=int((source == 0).sum()))
             starts, stops = author_offsets[chosen_authors - 1], author_offsets[chosen_authors]
             has_posts = stops > starts
-            posts.append(starts[has_posts] + (rng.random(has_posts.sum()) * (stops - starts)[has_posts]).astype(np.int64))
+            posts.append(
+                starts[has_posts]
+                + (rng.random(has_posts.sum()) * (stops - starts)[has_posts]).astype(np.int64)
+            )
         topics = rng.choice(interests.shape[0], size=int((source == 1).sum()), p=interests / interests.sum())
         for t, c in zip(*np.unique(topics, return_counts=True)):
             posts.append(_sample_weighted(rng, topic_posts[t], topic_cums[t], c))
@@ -272,11 +345,15 @@ def generate_engagements(config: GenerateConfig, skeleton: Skeleton, block: int)
         if post_index.shape[0] == 0:
             continue
         created = skeleton.post_created_us[post_index]
-        seen_at = np.minimum(created + rng.exponential(0.5 * _MICROS_PER_DAY, post_index.shape[0]).astype(np.int64), end_us - 1)
+        seen_at = np.minimum(
+            created + rng.exponential(0.5 * _MICROS_PER_DAY, post_index.shape[0]).astype(np.int64), end_us - 1
+        )
         seen_at = np.maximum(seen_at, created + 1_000_000)
         authors = skeleton.post_author[post_index]
         match = interests[skeleton.post_topic[post_index]]
-        p_engage = engagement_probabilities(match, np.isin(authors, followees).astype(np.float64), skeleton.post_quality[post_index])
+        p_engage = engagement_probabilities(
+            match, np.isin(authors, followees).astype(np.float64), skeleton.post_quality[post_index]
+        )
         engaged = rng.random(post_index.shape[0]) < p_engage
         post_ids = post_index.astype(np.int64) + 1
         columns["user_id"].append(np.full(post_ids.shape[0], user_id, dtype=np.int64))
@@ -292,35 +369,68 @@ def generate_engagements(config: GenerateConfig, skeleton: Skeleton, block: int)
             columns["event"].append(np.full(int(hit.sum()), event, dtype=object))
             columns["ts"].append(np.minimum(seen_at[hit] + delay, end_us - 1))
     if not columns["user_id"]:
-        return pd.DataFrame({"user_id": pd.Series([], dtype="int64"), "post_id": pd.Series([], dtype="int64"),
-                             "event": pd.Series([], dtype="object"),
-                             "ts": pd.Series([], dtype="datetime64[us, UTC]")})
-    return pd.DataFrame({
-        "user_id": np.concatenate(columns["user_id"]),
-        "post_id": np.concatenate(columns["post_id"]),
-        "event": np.concatenate(columns["event"]),
-        "ts": pd.to_datetime(np.concatenate(columns["ts"]), unit="us", utc=True),
-    })
+        return pd.DataFrame(
+            {
+                "user_id": pd.Series([], dtype="int64"),
+                "post_id": pd.Series([], dtype="int64"),
+                "event": pd.Series([], dtype="object"),
+                "ts": pd.Series([], dtype="datetime64[us, UTC]"),
+            }
+        )
+    return pd.DataFrame(
+        {
+            "user_id": np.concatenate(columns["user_id"]),
+            "post_id": np.concatenate(columns["post_id"]),
+            "event": np.concatenate(columns["event"]),
+            "ts": pd.to_datetime(np.concatenate(columns["ts"]), unit="us", utc=True),
+        }
+    )
 
 
 def truth_user_topics(config: GenerateConfig, skeleton: Skeleton, block: int) -> pd.DataFrame:
     user_ids = _block_users(config, block)
-    return pd.DataFrame({
-        "user_id": user_ids,
-        "topic_weights": list(skeleton.user_interests[user_ids - 1]),
-        "author_topic": skeleton.author_topic[user_ids - 1].astype(np.int32),
-        "author_popularity": skeleton.author_popularity[user_ids - 1],
-    })
+    return pd.DataFrame(
+        {
+            "user_id": user_ids,
+            "topic_weights": list(skeleton.user_interests[user_ids - 1]),
+            "author_topic": skeleton.author_topic[user_ids - 1].astype(np.int32),
+            "author_popularity": skeleton.author_popularity[user_ids - 1],
+        }
+    )
 
 
 def truth_posts(config: GenerateConfig, skeleton: Skeleton, block: int) -> pd.DataFrame:
     lo, hi = _block_post_range(skeleton, _block_users(config, block))
-    return pd.DataFrame({
-        "post_id": np.arange(lo + 1, hi + 1, dtype=np.int64),
-        "topic": skeleton.post_topic[lo:hi].astype(np.int32),
-        "sentiment": skeleton.post_sentiment[lo:hi].astype(np.int32),
-        "quality": skeleton.post_quality[lo:hi],
-    })
+    return pd.DataFrame(
+        {
+            "post_id": np.arange(lo + 1, hi + 1, dtype=np.int64),
+            "topic": skeleton.post_topic[lo:hi].astype(np.int32),
+            "sentiment": skeleton.post_sentiment[lo:hi].astype(np.int32),
+            "quality": skeleton.post_quality[lo:hi],
+        }
+    )
+
+
+TIME_COLUMNS = {"posts": "created_at", "engagements": "ts"}
+
+
+def snapshot_end_us(config: GenerateConfig) -> int | None:
+    """End of the snapshot window in µs, or None when every generated day is included."""
+    if config.through_day is None:
+        return None
+    return _epoch_us(config.start_date) + config.through_day * _MICROS_PER_DAY
+
+
+def cut_to_snapshot(config: GenerateConfig, table: str, frame: pd.DataFrame) -> pd.DataFrame:
+    """Drop rows after the snapshot end, so an earlier snapshot is a subset of a later one."""
+    end_us = snapshot_end_us(config)
+    column = TIME_COLUMNS.get(table.removeprefix("truth/"))
+    if end_us is None or column is None:
+        return frame
+    if table == "truth/posts":
+        return frame  # latent truth of posts not yet written is harmless and keeps truth stable across days
+    cutoff = pd.Timestamp(end_us, unit="us", tz="UTC")
+    return frame[frame[column] < cutoff].reset_index(drop=True)
 
 
 TABLE_GENERATORS = {

@@ -67,3 +67,17 @@ def test_engagements_follow_their_posts_in_time():
     engagements = _table("engagements")
     created = pd.to_datetime(skeleton.post_created_us[engagements.post_id - 1], unit="us", utc=True)
     assert (engagements.ts.values >= created.values).all()
+
+
+def test_an_earlier_snapshot_is_a_subset_of_a_later_one():
+    from jobs.synthetic import cut_to_snapshot
+
+    day3 = CONFIG.model_copy(update={"through_day": 3})
+    day4 = CONFIG.model_copy(update={"through_day": 4})
+    skeleton = build_skeleton(CONFIG)
+    early = cut_to_snapshot(day3, "engagements", TABLE_GENERATORS["engagements"](day3, skeleton, 0))
+    late = cut_to_snapshot(day4, "engagements", TABLE_GENERATORS["engagements"](day4, skeleton, 0))
+    assert 0 < len(early) < len(late)
+    merged = early.merge(late, on=["user_id", "post_id", "event", "ts"], how="left", indicator=True)
+    assert (merged["_merge"] == "both").all()
+    assert early.ts.max() < late.ts.max()
