@@ -23,7 +23,6 @@ COMMAND_MODULES = [
     "jobs.build_ranking_features",
     "jobs.train_ranker",
     "jobs.export",
-    "jobs.export_user_embeddings",
     "jobs.refresh",
     "jobs.schedule",
     "jobs.serve_app",
