@@ -3,7 +3,7 @@
 Reads:  config.data.path/{users,follows,posts,engagements} (the data contract, Parquet) and, when
         the store has one and ``ranker.features.use_content_embeddings``, the current
         embeddings/content version (post_id, vector).
-Writes: store features/ranking/<version>/{train,validation,test}/ (Parquet) + manifest.json.
+Writes: store features/ranking/<version>/data/{train,validation,test}/ (Parquet) + manifest.json.
 
 Labels: for an impression of post p by user u at time t, ``like``/``reply``/``repost`` is 1 when u
 has that event on p at or after t, and ``engage`` is their union.
@@ -298,7 +298,7 @@ def read_content_embeddings(spark: SparkSession, store: Store) -> tuple[DataFram
     version = store.current("embeddings", "content") or store.latest("embeddings", "content")
     if version is None:
         return None, None
-    frame = spark.read.parquet(store.path("embeddings", "content", version))
+    frame = spark.read.parquet(store.data_path("embeddings", "content", version))
     missing = {"post_id", "vector"} - set(frame.columns)
     if missing:
         raise ValueError(
@@ -335,7 +335,7 @@ def run(spark: SparkSession, config: NearlineConfig) -> tuple[str, dict]:
                 part = (
                     rows.where(F.col("split") == split).drop("split").orderBy("ts_us", "user_id", "post_id")
                 )
-                counts[split] = write_parquet_deterministic(part, f"{staged.path}/{split}")
+                counts[split] = write_parquet_deterministic(part, f"{staged.data_path}/{split}")
                 if counts[split] == 0:
                     raise ValueError(f"the {split} split is empty: the data covers too short a time window")
             for task in TASK_COLUMNS:

@@ -1,8 +1,8 @@
 """`nearline export user` / `nearline export user-author`: run the exported ranker splits in batch.
 
 Reads:  the data contract tables (config.data.path) and store models/ranker/<version>/splits/{user,user_author}.
-Writes: store embeddings/user/<version>/ (user_id int64, vector list<float>) for every user, or
-        store embeddings/user_author/<version>/ (user_id, author_id, vector) for the pairs that matter:
+Writes: store embeddings/user/<version>/data/ (user_id int64, vector list<float>) for every user, or
+        store embeddings/user_author/<version>/data/ (user_id, author_id, vector) for the pairs that matter:
         follow edges plus pairs with an impression or engagement in the last ``--recent-days``; then
         publishes the version. The manifest names the ranker version and the as-of time.
 
@@ -187,4 +187,3 @@ def register_export(kinds: argparse._SubParsersAction) -> None:
         parser.add_argument("--recent-days", type=int, default=28, help="user-author: window of recent pairs")
         parser.add_argument("--no-publish", action="store_true", help="stage without making it CURRENT")
         parser.set_defaults(handler=_handle, kind=kind)
-

@@ -1,6 +1,6 @@
 """`nearline ranker train`: fit the discretizer in Spark, train (warm-started), calibrate, publish.
 
-Reads:  store features/ranking/<current> ({train,validation,test} Parquet written by `nearline features`);
+Reads:  store features/ranking/<current>/data/{train,validation,test} (Parquet written by `nearline features`);
         store models/ranker/<parent> when warm starting.
 Writes: store models/ranker/<version>/ (weights.pt, ranker.json, discretizer.json, calibration.json,
         splits/{user,user_author}/, curves.png, metrics.json) + manifest.json naming the data snapshot,
@@ -136,7 +136,7 @@ def run(config: NearlineConfig, warm_start_from: str, sample_fraction: float, pu
     ranker = config.ranker
     store = Store(config.store.root)
     features_version = store.resolve("features", "ranking")
-    features_dir = store.path("features", "ranking", features_version)
+    features_dir = store.data_path("features", "ranking", features_version)
     parent_version = resolve_parent(store, warm_start_from)
     parent = load_ranker(store.path("models", "ranker", parent_version)) if parent_version else None
     if parent is not None and parent.config.architecture != ranker.architecture:
