@@ -26,6 +26,7 @@ COMMAND_MODULES = [
     "jobs.refresh",
     "jobs.schedule",
     "jobs.serve_app",
+    "jobs.train_content_model",
 ]
 
 DEFAULT_CONFIG = "conf/local.yaml"
@@ -69,6 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         args.config_path = default_config_path(common_args.config)
+        args.config_overrides = common_args.overrides
         config = resolve_config(common_args.config, common_args.overrides)
         return int(args.handler(args, config) or 0)
     except (ConfigError, ValueError, FileNotFoundError, PermissionError, RuntimeError) as exc:

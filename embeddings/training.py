@@ -1,0 +1,430 @@
+"""Training, evaluation, macro-F1 calibration, linear probe and chain-thaw fine-tuning of the content model.
+
+``train_content_model`` writes into its run directory: ``metrics.json`` (per-epoch history, best epoch,
+final validation metrics, timings) and ``training_curve.png``. Uses the GPU when present, else CPU.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from embeddings.config import ContentModelConfig
+from embeddings.content_encoder import (
+    ContentModel,
+    TextFeatures,
+    build_content_model,
+    featurize,
+    iterate_batches,
+    resolve_device,
+    run_model,
+)
+from embeddings.text import Vocabulary, build_vocabulary
+
+
+# ---------------------------------------------------------------- metrics
+def macro_f1(y_true: np.ndarray, y_pred: np.ndarray, num_labels: int) -> float:
+    """Macro-averaged F1 over the labels present in ``y_true`` or ``y_pred`` (as scikit-learn)."""
+    y_true, y_pred = np.asarray(y_true, dtype=np.int64), np.asarray(y_pred, dtype=np.int64)
+    tp = np.bincount(y_true[y_true == y_pred], minlength=num_labels).astype(np.float64)
+    true_count = np.bincount(y_true, minlength=num_labels)
+    pred_count = np.bincount(y_pred, minlength=num_labels)
+    present = (true_count + pred_count) > 0
+    denominator = true_count + pred_count
+    f1 = np.divide(2 * tp, denominator, out=np.zeros(num_labels), where=denominator > 0)
+    return float(f1[present].mean()) if present.any() else 0.0
+
+
+def classification_metrics(y_true: np.ndarray, scores: np.ndarray) -> dict[str, float]:
+    """``macro_f1``, ``accuracy`` and ``top5_accuracy`` of score rows (N, L) against labels (N,)."""
+    y_true = np.asarray(y_true, dtype=np.int64)
+    if len(y_true) != len(scores):
+        raise ValueError(f"{len(y_true)} labels but {len(scores)} score rows")
+    if len(y_true) == 0:
+        raise ValueError("no examples to evaluate")
+    num_labels = scores.shape[1]
+    pred = scores.argmax(axis=1)
+    k = min(5, num_labels)
+    top_k = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+    return {"macro_f1": macro_f1(y_true, pred, num_labels), "accuracy": float((pred == y_true).mean()),
+            "top5_accuracy": float((top_k == y_true[:, None]).any(axis=1).mean())}
+
+
+def _log_softmax(x: np.ndarray) -> np.ndarray:
+    x = x - x.max(axis=1, keepdims=True)
+    return x - np.log(np.exp(x).sum(axis=1, keepdims=True))
+
+
+def tune_logit_bias(scores: np.ndarray, y_true: np.ndarray, rounds: int = 3) -> np.ndarray:
+    """Per-class additive bias maximising macro-F1 of ``argmax(scores + bias)`` (coordinate ascent).
+
+    Macro-F1 rewards recall on rare classes more than a likelihood-trained model does; shifting each
+    class's score is the prior correction that recovers it.
+
+    Returns:
+        float32 (L,) bias.
+    """
+    num_labels = scores.shape[1]
+    bias = np.zeros(num_labels)
+    best = macro_f1(y_true, scores.argmax(1), num_labels)
+    for r in range(rounds):
+        step = 0.5 * 0.5**r
+        for k in range(num_labels):
+            for delta in np.arange(-4, 5) * step:
+                if delta == 0:
+                    continue
+                trial = bias.copy()
+                trial[k] += delta
+                f1 = macro_f1(y_true, (scores + trial).argmax(1), num_labels)
+                if f1 > best + 1e-9:
+                    best, bias = f1, trial
+    return bias.astype(np.float32)
+
+
+def tune_mixture(deep_logits: np.ndarray, wide_logits: np.ndarray | None, y_true: np.ndarray,
+                 tune_bias: bool) -> tuple[float, np.ndarray, dict[str, float]]:
+    """Wide/deep mixing weight and per-class bias for macro-F1 on validation.
+
+    Returns:
+        (wide_weight, bias (L,), report) where report holds the val macro-F1 before/after and a
+        2-fold cross-fitted estimate (bias fitted on one half, scored on the other) that is not
+        optimistic about the bias.
+    """
+    deep = _log_softmax(deep_logits)
+    wide = _log_softmax(wide_logits) if wide_logits is not None else None
+    num_labels = deep.shape[1]
+    weights = [0.0] if wide is None else [round(w, 2) for w in np.arange(0.0, 1.01, 0.1)]
+
+    def mix(w: float) -> np.ndarray:
+        return deep if wide is None else (1 - w) * deep + w * wide
+
+    wide_weight = max(weights, key=lambda w: macro_f1(y_true, mix(w).argmax(1), num_labels))
+    scores = mix(wide_weight)
+    report = {"wide_weight": wide_weight, "val_macro_f1_unbiased": macro_f1(y_true, scores.argmax(1), num_labels)}
+    bias = np.zeros(num_labels, dtype=np.float32)
+    if tune_bias:
+        rng = np.random.default_rng(0)
+        order = rng.permutation(len(y_true))
+        halves = (order[: len(order) // 2], order[len(order) // 2:])
+        cross = []
+        for fit, held in (halves, halves[::-1]):
+            b = tune_logit_bias(scores[fit], y_true[fit])
+            cross.append(macro_f1(y_true[held], (scores[held] + b).argmax(1), num_labels))
+        report["val_macro_f1_bias_crossfit"] = float(np.mean(cross))
+        bias = tune_logit_bias(scores, y_true)
+    report["val_macro_f1_tuned"] = macro_f1(y_true, (scores + bias).argmax(1), num_labels)
+    return wide_weight, bias, report
+
+
+# ---------------------------------------------------------------- training
+@dataclass
+class TrainResult:
+    """Trained model (best epoch, calibrated) and its metrics (as written to metrics.json)."""
+
+    model: ContentModel
+    metrics: dict
+
+
+def class_weights(labels: np.ndarray, num_labels: int, scheme: str) -> torch.Tensor:
+    """Loss weight per class, mean 1 over the training examples."""
+    counts = np.bincount(labels, minlength=num_labels).astype(np.float64)
+    if scheme == "none":
+        w = np.ones(num_labels)
+    else:
+        power = 0.5 if scheme == "sqrt" else 1.0
+        w = np.where(counts > 0, 1.0 / np.maximum(counts, 1) ** power, 0.0)
+    w = w / max((w * counts).sum() / max(counts.sum(), 1), 1e-12)
+    return torch.tensor(w, dtype=torch.float32)
+
+
+def _lr_factor(schedule: str, step: int, total: int) -> float:
+    progress = step / max(total, 1)
+    if schedule == "constant":
+        return 1.0
+    if schedule == "cosine":
+        return 0.5 * (1 + math.cos(math.pi * progress))
+    # one-cycle: linear warm-up over the first 10% then cosine decay to ~0
+    warm = 0.1
+    if progress < warm:
+        return 0.04 + 0.96 * progress / warm
+    return 0.5 * (1 + math.cos(math.pi * (progress - warm) / (1 - warm))) + 1e-3
+
+
+def _optimizers(model: nn.Module, lr: float, wide_lr: float, weight_decay: float, params=None):
+    params = [p for p in (params or model.parameters()) if p.requires_grad]
+    sparse_ids = {id(model.token_embedding.weight)}
+    if getattr(model, "wide_embedding", None) is not None:
+        sparse_ids.add(id(model.wide_embedding.weight))
+    sparse = [p for p in params if id(p) in sparse_ids]
+    dense = [p for p in params if id(p) not in sparse_ids]
+    opts = []
+    if dense:
+        opts.append((torch.optim.AdamW(dense, lr=lr, weight_decay=weight_decay), lr))
+    for p in sparse:
+        p_lr = wide_lr if p is getattr(getattr(model, "wide_embedding", None), "weight", None) else lr
+        opts.append((torch.optim.SparseAdam([p], lr=p_lr), p_lr))
+    return opts
+
+
+def _save_curve(history: list[dict], path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [h["epoch"] for h in history]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+    ax1.plot(epochs, [h["train_loss"] for h in history], marker="o")
+    ax1.set_xlabel("epoch")
+    ax1.set_ylabel("train loss")
+    for key in ("val_macro_f1", "val_deep_macro_f1", "val_wide_macro_f1"):
+        if any(key in h for h in history):
+            ax2.plot(epochs, [h.get(key, float("nan")) for h in history], marker="o", label=key)
+    ax2.set_xlabel("epoch")
+    ax2.set_ylabel("macro-F1")
+    ax2.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def train_content_model(
+    config: ContentModelConfig,
+    train_texts: Sequence[str | bytes],
+    train_labels: np.ndarray,
+    val_texts: Sequence[str | bytes],
+    val_labels: np.ndarray,
+    label_names: Sequence[str],
+    run_dir: str,
+    device: str | None = None,
+    vocab: Vocabulary | None = None,
+) -> TrainResult:
+    """Train from scratch with early stopping on validation macro-F1 and calibrate on validation.
+
+    Args:
+        train_labels, val_labels: int64 (N,) in ``[0, len(label_names))``.
+        run_dir: receives metrics.json and training_curve.png.
+
+    Returns:
+        The best-epoch model (vocab and labels attached, in eval mode) and its metrics.
+    """
+    num_labels = len(label_names)
+    train_labels = _check_labels(train_labels, len(train_texts), num_labels, "train")
+    val_labels = _check_labels(val_labels, len(val_texts), num_labels, "val")
+    torch.set_num_threads(config.num_threads)
+    dev = resolve_device(device)
+    os.makedirs(run_dir, exist_ok=True)
+    started = time.perf_counter()
+    vocab = vocab or build_vocabulary(train_texts, config.vocab_size, config.min_count, config.subword_buckets)
+    train_features = featurize(train_texts, vocab, config)
+    val_features = featurize(val_texts, vocab, config)
+    prep_s = time.perf_counter() - started
+
+    model = build_content_model(config, len(vocab), num_labels).to(dev)
+    model.vocab, model.labels = vocab, list(label_names)
+    weights = class_weights(train_labels, num_labels, config.class_weighting).to(dev)
+    opts = _optimizers(model, config.learning_rate, config.wide_learning_rate, config.weight_decay)
+    steps_per_epoch = math.ceil(len(train_features) / config.batch_size)
+    total_steps = steps_per_epoch * config.epochs
+    rng = np.random.default_rng(config.seed)
+    y_train = torch.from_numpy(train_labels)
+    history: list[dict] = []
+    best_f1, best_state, best_epoch, bad_epochs, step = -1.0, None, 0, 0, 0
+    for epoch in range(1, config.epochs + 1):
+        model.train()
+        epoch_started = time.perf_counter()
+        order = _bucketed_order(train_features.tokens_per_text, config.batch_size, rng)
+        total_loss, seen = 0.0, 0
+        bar = tqdm(iterate_batches(train_features, config.batch_size, order), total=steps_per_epoch,
+                   desc=f"epoch {epoch}/{config.epochs}", leave=False, mininterval=5)
+        for indices, batch in bar:
+            for opt, base_lr in opts:
+                for group in opt.param_groups:
+                    group["lr"] = base_lr * _lr_factor(config.lr_schedule, step, total_steps)
+            out = model(batch.to(dev))
+            target = y_train[indices].to(dev)
+            loss = F.cross_entropy(out["deep_logits"], target, weight=weights)
+            if out["wide_logits"] is not None:
+                loss = loss + F.cross_entropy(out["wide_logits"], target, weight=weights)
+            for opt, _ in opts:
+                opt.zero_grad(set_to_none=True)
+            loss.backward()
+            dense = [p for p in model.parameters() if p.grad is not None and not p.grad.is_sparse]
+            nn.utils.clip_grad_norm_(dense, config.grad_clip_norm)
+            for opt, _ in opts:
+                opt.step()
+            step += 1
+            total_loss += loss.detach().item() * len(indices)
+            seen += len(indices)
+        epoch_s = time.perf_counter() - epoch_started
+        val = _evaluate_heads(model, val_features, val_labels)
+        record = {"epoch": epoch, "train_loss": total_loss / seen, "epoch_s": round(epoch_s, 2), **val}
+        history.append(record)
+        tqdm.write(f"epoch {epoch}: loss {record['train_loss']:.4f}  val macro-F1 {val['val_macro_f1']:.4f} "
+                   f"(deep {val['val_deep_macro_f1']:.4f}, wide {val.get('val_wide_macro_f1', 0):.4f})  "
+                   f"{epoch_s:.0f}s")
+        if val["val_macro_f1"] > best_f1:
+            best_f1, best_epoch, bad_epochs = val["val_macro_f1"], epoch, 0
+            best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+        else:
+            bad_epochs += 1
+            if bad_epochs >= config.early_stopping_patience:
+                break
+    assert best_state is not None
+    model.load_state_dict(best_state)
+    out = run_model(model, val_features)
+    wide_logits = out["wide_logits"] if config.wide_enabled else None
+    wide_weight, bias, tuning = tune_mixture(out["deep_logits"], wide_logits, val_labels, config.tune_logit_bias)
+    model.wide_weight.fill_(wide_weight)
+    model.logit_bias.copy_(torch.from_numpy(bias))
+    final = classification_metrics(val_labels, run_model(model, val_features)["scores"])
+    train_s = time.perf_counter() - started
+    metrics = {"best_epoch": best_epoch, "epochs_run": len(history), "history": history,
+               "val": final, "calibration": tuning, "train_s": round(train_s, 1), "prep_s": round(prep_s, 1),
+               "device": str(dev), "num_train": len(train_texts), "num_val": len(val_texts),
+               "vocab_words": len(vocab), "num_labels": num_labels}
+    with open(os.path.join(run_dir, "metrics.json"), "w") as f:
+        json.dump(metrics, f, indent=2)
+    _save_curve(history, os.path.join(run_dir, "training_curve.png"))
+    tqdm.write(f"trained {len(history)} epochs in {train_s:.0f}s; best epoch {best_epoch}; "
+               f"val macro-F1 {final['macro_f1']:.4f} (cross-fitted {tuning.get('val_macro_f1_bias_crossfit', 0):.4f})")
+    return TrainResult(model.eval(), metrics)
+
+
+def _bucketed_order(lengths: np.ndarray, batch_size: int, rng: np.random.Generator) -> np.ndarray:
+    """Shuffled order whose batches hold texts of similar length (less LSTM padding)."""
+    order = rng.permutation(len(lengths))
+    chunk = batch_size * 50
+    parts = [c[np.argsort(lengths[c], kind="stable")] for c in np.array_split(order, max(1, len(order) // chunk))]
+    batches = [b for p in parts for b in np.array_split(p, max(1, math.ceil(len(p) / batch_size)))]
+    return np.concatenate([batches[i] for i in rng.permutation(len(batches))])
+
+
+def _evaluate_heads(model: ContentModel, features: TextFeatures, labels: np.ndarray) -> dict[str, float]:
+    out = run_model(model, features)
+    n = model.num_labels
+    result = {"val_macro_f1": classification_metrics(labels, out["scores"])["macro_f1"],
+              "val_deep_macro_f1": macro_f1(labels, out["deep_logits"].argmax(1), n)}
+    if model.config.wide_enabled:
+        result["val_wide_macro_f1"] = macro_f1(labels, out["wide_logits"].argmax(1), n)
+    return result
+
+
+def _check_labels(labels: Sequence[int] | np.ndarray, n: int, num_labels: int, name: str) -> np.ndarray:
+    labels = np.asarray(labels, dtype=np.int64)
+    if labels.shape != (n,):
+        raise ValueError(f"{name}: {labels.shape[0] if labels.ndim else 0} labels for {n} texts")
+    bad = labels[(labels < 0) | (labels >= num_labels)]
+    if len(bad):
+        raise ValueError(f"{name}: label {int(bad[0])} outside [0, {num_labels}) (unknown label)")
+    return labels
+
+
+def evaluate_content_model(model: ContentModel, texts: Sequence[str | bytes], labels: np.ndarray) -> dict[str, float]:
+    """macro_f1, accuracy, top5_accuracy of the calibrated model on labelled texts."""
+    labels = _check_labels(labels, len(texts), model.num_labels, "eval")
+    assert model.vocab is not None
+    scores = run_model(model, featurize(texts, model.vocab, model.config))["scores"]
+    return classification_metrics(labels, scores)
+
+
+# ---------------------------------------------------------------- transfer
+def linear_probe(train_embeddings: np.ndarray, train_labels: np.ndarray, val_embeddings: np.ndarray,
+                 val_labels: np.ndarray, test_embeddings: np.ndarray, test_labels: np.ndarray) -> dict[str, float]:
+    """Logistic regression on frozen embeddings; C picked on val, accuracy reported on test."""
+    from sklearn.linear_model import LogisticRegression
+
+    best = None
+    for c in (0.01, 0.1, 1.0, 10.0, 100.0):
+        clf = LogisticRegression(C=c, max_iter=2000).fit(train_embeddings, train_labels)
+        acc = float((clf.predict(val_embeddings) == val_labels).mean())
+        if best is None or acc > best[0]:
+            best = (acc, c, clf)
+    val_acc, c, clf = best
+    return {"accuracy": float((clf.predict(test_embeddings) == test_labels).mean()), "val_accuracy": val_acc,
+            "C": c}
+
+
+def chain_thaw(model: ContentModel, train_texts: Sequence[str], train_labels: np.ndarray,
+               val_texts: Sequence[str], val_labels: np.ndarray, label_names: Sequence[str],
+               epochs_per_stage: int = 4, head_lr: float = 1e-3, layer_lr: float = 1e-4,
+               batch_size: int = 64, device: str | None = None) -> tuple[ContentModel, dict]:
+    """Chain-thaw fine-tuning (DeepMoji): new head, then each layer alone, then all layers.
+
+    The emoji heads are replaced by a fresh softmax head over ``label_names``; the wide path is
+    dropped from the prediction (transfer goes through the content embedding). Each stage keeps the
+    weights of its best val-accuracy epoch.
+
+    Returns:
+        (fine-tuned model in eval mode, report with per-stage val accuracy).
+    """
+    num_labels = len(label_names)
+    train_labels = _check_labels(train_labels, len(train_texts), num_labels, "train")
+    val_labels = _check_labels(val_labels, len(val_texts), num_labels, "val")
+    dev = resolve_device(device)
+    tuned = copy.deepcopy(model).to(dev)
+    tuned.num_labels = num_labels
+    tuned.labels = list(label_names)
+    tuned.deep_head = nn.Linear(tuned.config.content_embedding_dim, num_labels).to(dev)
+    if tuned.config.wide_enabled:
+        tuned.wide_head = nn.Linear(tuned.config.wide_dim, num_labels).to(dev)
+    tuned.wide_weight = torch.tensor(0.0, device=dev)
+    tuned.logit_bias = torch.zeros(num_labels, device=dev)
+    assert tuned.vocab is not None
+    train_f = featurize(train_texts, tuned.vocab, tuned.config)
+    val_f = featurize(val_texts, tuned.vocab, tuned.config)
+    encoder_layers = [[tuned.token_embedding], [tuned.lstm1], [tuned.lstm2],
+                      [m for m in (tuned.attention, tuned.projection) if m is not None]]
+    stages = [("head", [[tuned.deep_head]], head_lr)]
+    stages += [(f"layer{i}", [layer], layer_lr) for i, layer in enumerate(encoder_layers)]
+    stages += [("head_again", [[tuned.deep_head]], layer_lr), ("all", encoder_layers + [[tuned.deep_head]], layer_lr)]
+    rng = np.random.default_rng(tuned.config.seed)
+    y = torch.from_numpy(train_labels)
+    report = {}
+    best_acc = _accuracy(tuned, val_f, val_labels)
+    for name, groups, lr in stages:
+        params = [p for group in groups for module in group for p in module.parameters()]
+        for p in tuned.parameters():
+            p.requires_grad_(False)
+        for p in params:
+            p.requires_grad_(True)
+        opts = _optimizers(tuned, lr, lr, 0.0, params)
+        best_state = {k: v.detach().clone() for k, v in tuned.state_dict().items()}
+        for _ in range(epochs_per_stage):
+            tuned.train()
+            for indices, batch in iterate_batches(train_f, batch_size, rng.permutation(len(train_f))):
+                logits = tuned(batch.to(dev))["deep_logits"]
+                loss = F.cross_entropy(logits, y[indices].to(dev))
+                for opt, _ in opts:
+                    opt.zero_grad(set_to_none=True)
+                loss.backward()
+                dense = [p for p in params if p.grad is not None and not p.grad.is_sparse]
+                if dense:
+                    nn.utils.clip_grad_norm_(dense, 1.0)
+                for opt, _ in opts:
+                    opt.step()
+            acc = _accuracy(tuned, val_f, val_labels)
+            if acc > best_acc:
+                best_acc = acc
+                best_state = {k: v.detach().clone() for k, v in tuned.state_dict().items()}
+        tuned.load_state_dict(best_state)
+        report[name] = best_acc
+        tqdm.write(f"chain-thaw {name}: val accuracy {best_acc:.4f}")
+    for p in tuned.parameters():
+        p.requires_grad_(True)
+    return tuned.eval(), {"val_accuracy_by_stage": report}
+
+
+def _accuracy(model: ContentModel, features: TextFeatures, labels: np.ndarray) -> float:
+    return float((run_model(model, features)["deep_logits"].argmax(1) == labels).mean())
