@@ -302,8 +302,13 @@ class RankerDeployment(_Follower):
     async def _rank_batch(self, queries: list[RankQuery]) -> list[Any]:
         bundle = self._holder.current
         self._batch_size.observe(len(queries), tags={"method": "rank"})
-        results = bundle.rank(queries)
-        return [r if isinstance(r, RequestError) else rank_response(r, bundle.tasks) for r in results]
+        return [(result, bundle.tasks) for result in bundle.rank(queries)]
+
+    async def _ranked(
+        self, user_id: int, post_ids: list[int]
+    ) -> tuple[dict[str, np.ndarray], tuple[str, ...]]:
+        result, tasks = await self._rank_batch(RankQuery(int(user_id), np.asarray(post_ids, dtype=np.int64)))
+        return _raise_error(result), tasks
 
     async def rank(self, user_id: int, post_ids: list[int]) -> list[dict]:
         """Calibrated scores in the given post order: [{post_id, score, probabilities}].
@@ -311,8 +316,13 @@ class RankerDeployment(_Follower):
         Raises:
             RequestError: 404 unknown user or posts.
         """
-        query = RankQuery(int(user_id), np.asarray(post_ids, dtype=np.int64))
-        return _raise_error(await self._rank_batch(query))
+        result, tasks = await self._ranked(user_id, post_ids)
+        return rank_response(result, tasks)
+
+    async def rank_scores(self, user_id: int, post_ids: list[int]) -> list[float]:
+        """Only the weighted scores, in post order (what recommend needs; far less to serialise)."""
+        result, _ = await self._ranked(user_id, post_ids)
+        return result["score"].tolist()
 
 
 def _unwrap_error(exc: BaseException) -> RequestError | None:
@@ -374,8 +384,8 @@ class Ingress:
         candidates = await self._index.candidates.remote(user_id, num_candidates, SOURCES)
         if not candidates:
             return []
-        ranked = await self._ranker.rank.remote(user_id, [c["post_id"] for c in candidates])
-        return select_top(candidates, np.asarray([r["score"] for r in ranked]), k)
+        scores = await self._ranker.rank_scores.remote(user_id, [c["post_id"] for c in candidates])
+        return select_top(candidates, np.asarray(scores), k)
 
     async def versions(self) -> dict[str, Any]:
         index, ranker = await self._index.versions.remote(), await self._ranker.versions.remote()
@@ -476,17 +486,32 @@ def app_spec(
     )
 
 
-def build_app_from_spec(spec: AppSpec):
-    """The application graph for a spec: index and ranker deployments behind the ingress."""
+def build_app_from_spec(spec: AppSpec, user_config: dict[str, Any] | None = None):
+    """The application graph for a spec: index and ranker deployments behind the ingress.
+
+    Args:
+        spec: paths and configs.
+        user_config: live knobs (max_batch_size, batch_wait_timeout_s, reload; score_weights for the
+            ranker) given to both model deployments; redeploying with a new one reconfigures the
+            running replicas without restarting them.
+    """
     cfg = spec.serve
     spec_dict = spec.model_dump(mode="json")
     common = {"num_replicas": cfg.num_replicas, "max_ongoing_requests": cfg.max_ongoing_requests}
+    index_user_config = {k: v for k, v in (user_config or {}).items() if k != "score_weights"}
     index = IndexDeployment.options(
-        ray_actor_options={"num_cpus": cfg.index_num_cpus, "num_gpus": cfg.index_num_gpus}, **common
+        ray_actor_options={
+            "num_cpus": cfg.index_num_cpus,
+            "num_gpus": cfg.index_num_gpus,
+            # Small batched searches: OpenMP threads contending on shared cores cost far more than they give.
+            "runtime_env": {"env_vars": {"OMP_NUM_THREADS": str(cfg.index_omp_threads)}},
+        },
+        user_config=index_user_config or None,
+        **common,
     ).bind(spec_dict)
-    ranker = RankerDeployment.options(ray_actor_options={"num_cpus": cfg.ranker_num_cpus}, **common).bind(
-        spec_dict
-    )
+    ranker = RankerDeployment.options(
+        ray_actor_options={"num_cpus": cfg.ranker_num_cpus}, user_config=user_config or None, **common
+    ).bind(spec_dict)
     return Ingress.options(ray_actor_options={"num_cpus": cfg.ingress_num_cpus}, **common).bind(
         index, ranker, cfg.model_dump(mode="json")
     )
@@ -507,18 +532,32 @@ def build_app(args: dict[str, Any]):
 
 
 def start_local(
-    spec: AppSpec, num_cpus: int | None = None, blocking_timeout_s: float = 180.0
+    spec: AppSpec,
+    num_cpus: int | None = None,
+    metrics_export_port: int | None = None,
+    user_config: dict[str, Any] | None = None,
 ) -> DeploymentHandle:
     """Start (or join) a local Ray, start Serve on the configured loopback address, run the app.
+
+    Args:
+        spec: the app spec.
+        num_cpus: CPUs Ray may schedule (default: all).
+        metrics_export_port: where Ray serves Prometheus metrics (default: Ray picks one).
+        user_config: see build_app_from_spec; calling again with another one reconfigures in place.
 
     Returns:
         The ingress handle. Call ``shutdown_local()`` to stop everything.
     """
     if not ray.is_initialized():
-        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
+        options: dict[str, Any] = {"num_cpus": num_cpus, "include_dashboard": False, "log_to_driver": False}
+        if metrics_export_port is not None:
+            options["_metrics_export_port"] = metrics_export_port
+        ray.init(**options)
     serve.start(http_options={"host": spec.serve.host, "port": spec.serve.port})
     try:
-        return serve.run(build_app_from_spec(spec), name=APP_NAME, route_prefix=spec.serve.route_prefix)
+        return serve.run(
+            build_app_from_spec(spec, user_config), name=APP_NAME, route_prefix=spec.serve.route_prefix
+        )
     except RuntimeError as exc:
         raise RuntimeError(f"{exc}: {_deployment_messages()}") from None
 

@@ -28,6 +28,9 @@ class ServeConfig(BaseModel):
     torch_num_threads: PositiveInt = Field(
         1, description="torch intra-op threads in the ranker replica; small batches gain nothing from more."
     )
+    index_omp_threads: PositiveInt = Field(
+        1, description="OpenMP threads of FAISS in the index replica (OMP_NUM_THREADS of its actor)."
+    )
     max_ongoing_requests: PositiveInt = Field(
         256, description="Requests a replica accepts at once; must exceed max_batch_size for batches to fill."
     )

@@ -151,7 +151,8 @@ def _publish_index(
 
 def _publish_vectors(store: Store, name: str, table: pa.Table, model_version: str) -> str:
     with store.stage("embeddings", name, manifest={"model_version": model_version}) as staged:
-        pq.write_table(table, os.path.join(staged.path, "part-00000.parquet"))
+        os.makedirs(staged.data_path)
+        pq.write_table(table, os.path.join(staged.data_path, "part-00000.parquet"))
     store.publish("embeddings", name, staged.version)
     return staged.version
 

@@ -993,7 +993,11 @@ def load_ranker_bundle(
     content_version = None
     if post_vector_dim and posts.vectors is None:
         # The post split takes the post's content vector: the content embeddings the ranker trained on.
-        content_version = ranker.manifest.get("content_version") or store.current("embeddings", "content")
+        content_version = (
+            ranker.manifest.get("content_embedding_version")
+            or ranker.manifest.get("content_version")
+            or store.current("embeddings", "content")
+        )
         content = open_artifact(store, "embeddings", "content", content_version)
         vectors = read_vector_table(content.path, "post_id")
         if vectors.dim != post_vector_dim:
@@ -1098,11 +1102,13 @@ class BundleHolder(Generic[B]):
         read: Callable[[], dict[str, str | None]],
         load: Callable[[dict[str, str | None]], B],
         on_swap: Callable[[B | None, B], None] | None = None,
+        on_refuse: Callable[[str], None] | None = None,
     ) -> None:
         self.name = name
         self._read = read
         self._load = load
         self._on_swap = on_swap
+        self._on_refuse = on_refuse
         self.current: B | None = None
         self.pointers: dict[str, str | None] | None = None
         self.loaded_at: str | None = None
@@ -1126,6 +1132,8 @@ class BundleHolder(Generic[B]):
                 self.last_error = f"refused {pointers}: {exc}"
                 self.refused = pointers
                 log.error("%s: %s; still serving %s", self.name, self.last_error, self.pointers)
+                if self._on_refuse is not None:
+                    self._on_refuse(self.last_error)
                 return False
             old, self.current = self.current, bundle
             self.pointers, self.refused, self.last_error = pointers, None, None

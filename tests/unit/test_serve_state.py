@@ -27,6 +27,7 @@ from ranking.serving_state import (
     load_ranker_bundle,
     match_route,
     merge_candidates,
+    parquet_files,
     parse_json_object,
     parse_k,
     parse_sources,
@@ -302,7 +303,7 @@ def test_recommend_ranks_candidates_and_returns_top_k(bundles):
 
 def _republish_interest(store: Store, model_version: str) -> str:
     current = store.current("embeddings", "user_interest")
-    table = pq.read_table(Path(store.path("embeddings", "user_interest", current)) / "part-00000.parquet")
+    table = pq.read_table(parquet_files(store.path("embeddings", "user_interest", current))[0])
     with store.stage("embeddings", "user_interest", manifest={"model_version": model_version}) as staged:
         pq.write_table(table, Path(staged.path) / "part-00000.parquet")
     store.publish("embeddings", "user_interest", staged.version)

@@ -1,0 +1,430 @@
+"""Serving benchmark: closed-loop HTTP load, in-process overhead, batching gain, hot swap + rollback under load.
+
+    python bench/serve.py [--data data/synthetic] [--seconds 4] [--concurrency 1 4 16 32]
+
+Builds a coherent serving set into a temporary store (content vectors, user interests, a random
+ranker with its user / user-author vectors, both indexes) over the dataset, starts the app on a free
+loopback port, and measures:
+
+1. in-process pipeline (same bundles, no Ray/HTTP): /v1/candidates (k=100) and /v1/recommend
+   (500 candidates -> top 50) sequentially, for what HTTP + Serve add;
+2. closed-loop load at increasing concurrency: p50/p99 latency, QPS, errors per endpoint;
+3. batched (max_batch_size 64) vs unbatched (1) throughput of /v1/recommend at the highest concurrency,
+   switched live through user_config;
+4. a hot swap (a new set published) and a rollback during sustained /v1/recommend load: failed requests
+   and the latency blip (p99 in 1 s windows around each switch vs before).
+
+Writes reports/serve.json, reports/serve_latency.png and reports/serve.md. The load generator runs on
+the same (2 shared) cores as the server, so absolute QPS is a lower bound.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import socket
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import matplotlib
+import numpy as np
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from ranking.serve_config import ServeConfig  # noqa: E402
+from ranking.serving_fixture import build_serving_set, write_tiny_dataset  # noqa: E402
+from ranking.serving_state import (  # noqa: E402
+    INDEX_POINTERS,
+    RANKER_POINTERS,
+    CandidateQuery,
+    load_index_bundle,
+    load_ranker_bundle,
+    read_pointers,
+    recommend,
+    rollback_serving_set,
+)
+from retrieval.config import IndexConfig  # noqa: E402
+from retrieval.store import Store  # noqa: E402
+
+REPORTS = Path(__file__).resolve().parent.parent / "reports"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _percentiles(latencies_ms: list[float]) -> dict[str, float | None]:
+    if not latencies_ms:
+        return {"p50_ms": None, "p99_ms": None}
+    array = np.asarray(latencies_ms)
+    return {
+        "p50_ms": round(float(np.percentile(array, 50)), 3),
+        "p99_ms": round(float(np.percentile(array, 99)), 3),
+    }
+
+
+async def _closed_loop(base: str, paths: list[str], concurrency: int, seconds: float) -> dict:
+    """`concurrency` workers each send the next request as soon as the previous answers."""
+    latencies: list[float] = []
+    errors = 0
+    deadline = time.perf_counter() + seconds
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+
+    async with httpx.AsyncClient(base_url=base, timeout=30, limits=limits) as client:
+
+        async def worker(offset: int) -> None:
+            nonlocal errors
+            i = offset
+            while time.perf_counter() < deadline:
+                started = time.perf_counter()
+                try:
+                    response = await client.get(paths[i % len(paths)])
+                    ok = response.status_code == 200
+                except httpx.HTTPError:
+                    ok = False
+                latencies.append((time.perf_counter() - started) * 1000)
+                errors += not ok
+                i += concurrency
+
+        started = time.perf_counter()
+        await asyncio.gather(*(worker(w) for w in range(concurrency)))
+        elapsed = time.perf_counter() - started
+    return {
+        "concurrency": concurrency,
+        "requests": len(latencies),
+        "errors": errors,
+        "qps": round(len(latencies) / elapsed, 1),
+        **_percentiles(latencies),
+    }
+
+
+def _publish_set(store: Store, versions: dict[str, str]) -> None:
+    """Point CURRENT at a built set, models and embeddings before the indexes that depend on them."""
+    for key in sorted(versions, key=lambda k: k.startswith("indexes/")):
+        kind, name = key.split("/")
+        store.publish(kind, name, versions[key])
+
+
+def _in_process(index, ranker, users: np.ndarray, repeats: int) -> dict:
+    out = {}
+    for name, call in (
+        ("candidates", lambda u: index.candidates([CandidateQuery(int(u), 100)])),
+        ("recommend", lambda u: recommend(index, ranker, int(u), 50, 500)),
+    ):
+        latencies = []
+        for u in users[:repeats]:
+            started = time.perf_counter()
+            call(u)
+            latencies.append((time.perf_counter() - started) * 1000)
+        out[name] = _percentiles(latencies)
+    return out
+
+
+def _sustained_with_switches(base: str, paths: list[str], concurrency: int, actions, tail_s: float) -> dict:
+    """Threads keep requesting while `actions` ((delay_s, name, callable), run in turn) switch versions."""
+    records: list[tuple[float, float, int]] = []
+    lock = threading.Lock()
+    stop = threading.Event()
+    t0 = time.perf_counter()
+
+    def worker(offset: int) -> None:
+        i = offset
+        with httpx.Client(base_url=base, timeout=30) as client:
+            while not stop.is_set():
+                started = time.perf_counter()
+                try:
+                    status = client.get(paths[i % len(paths)]).status_code
+                except httpx.HTTPError:
+                    status = -1
+                with lock:
+                    records.append((started - t0, (time.perf_counter() - started) * 1000, status))
+                i += concurrency
+
+    threads = [threading.Thread(target=worker, args=(w,)) for w in range(concurrency)]
+    for thread in threads:
+        thread.start()
+    events = []
+    try:
+        for delay_s, name, action in actions:
+            time.sleep(delay_s)
+            started = time.perf_counter() - t0
+            detail = action()
+            events.append(
+                {
+                    "event": name,
+                    "started_s": round(started, 2),
+                    "done_s": round(time.perf_counter() - t0, 2),
+                    "detail": detail,
+                }
+            )
+        time.sleep(tail_s)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
+    times = np.asarray([r[0] for r in records])
+    latencies = np.asarray([r[1] for r in records])
+    statuses = np.asarray([r[2] for r in records])
+    first_event = events[0]["started_s"] if events else float("inf")
+    baseline = latencies[times < first_event]
+    windows = []
+    for event in events:
+        mask = (times >= event["started_s"]) & (times <= event["done_s"] + 1.0)
+        windows.append(
+            {
+                "event": event["event"],
+                "requests": int(mask.sum()),
+                **_percentiles(latencies[mask].tolist()),
+                "max_ms": round(float(latencies[mask].max()), 1) if mask.any() else None,
+            }
+        )
+    return {
+        "concurrency": concurrency,
+        "requests": len(records),
+        "failed_requests": int((statuses != 200).sum()),
+        "baseline": _percentiles(baseline.tolist()),
+        "switch_windows": windows,
+        "events": events,
+        "series": {"t_s": times.round(3).tolist(), "latency_ms": latencies.round(2).tolist()},
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--data", default="data/synthetic", help="contract dataset (a tiny one is made if absent)"
+    )
+    parser.add_argument("--seconds", type=float, default=4.0, help="duration of each load level")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16, 32])
+    parser.add_argument("--content-dim", type=int, default=64)
+    args = parser.parse_args()
+
+    import faiss
+    import torch
+
+    from ranking.serve import app_spec, shutdown_local, start_local
+
+    # The same thread counts as the replicas (serve.index_omp_threads, serve.torch_num_threads).
+    faiss.omp_set_num_threads(1)
+    torch.set_num_threads(1)
+
+    bench_started = time.perf_counter()
+    workdir = Path(tempfile.mkdtemp(prefix="nearline-bench-serve-"))
+    data = args.data
+    if not (Path(data) / "engagements").is_dir():
+        data = str(workdir / "data")
+        write_tiny_dataset(data, num_users=2000, num_posts=3000)
+    store_root = str(workdir / "store")
+    first = build_serving_set(store_root, data, seed=1, content_dim=args.content_dim)
+    # The second set is built now (not during the load) and published later: the swap is measured, not the build.
+    second = build_serving_set(store_root, data, seed=2, content_dim=args.content_dim)
+    store = Store(store_root)
+    _publish_set(store, first)
+    index_configs = {
+        "content": IndexConfig(factory_string="IVF{nlist},Flat", metric="cosine"),
+        "user": IndexConfig(factory_string="IVF{nlist},Flat", metric="ip"),
+    }
+    config = ServeConfig(
+        port=_free_port(), poll_interval_s=1.0, warmup_queries=16, max_recommend_candidates=2000
+    )
+
+    index = load_index_bundle(store, read_pointers(store, INDEX_POINTERS), config, index_configs, data)
+    ranker = load_ranker_bundle(store, read_pointers(store, RANKER_POINTERS), config, data)
+    users = np.random.default_rng(0).permutation(index.interest.ids)
+    in_process = _in_process(index, ranker, users, repeats=200)
+    sizes = {
+        "users": int(len(index.known_users)),
+        "posts": int(len(index.post_vectors.ids)),
+        "content_dim": args.content_dim,
+    }
+    del index, ranker
+    print("in-process:", in_process)
+
+    spec = app_spec(store_root, data, config, index_configs)
+    metrics_port = _free_port()
+    base = f"http://127.0.0.1:{config.port}"
+    candidate_paths = [f"/v1/candidates/{u}?k=100" for u in users[:500]]
+    recommend_paths = [f"/v1/recommend/{u}?k=50&candidates=500" for u in users[:500]]
+    result: dict = {
+        "dataset": data,
+        "sizes": sizes,
+        "serve_config": config.model_dump(mode="json"),
+        "in_process": in_process,
+    }
+    try:
+        started = time.perf_counter()
+        start_local(spec, num_cpus=2, metrics_export_port=metrics_port)
+        result["startup_s"] = round(time.perf_counter() - started, 1)
+        with httpx.Client(base_url=base) as client:  # warm the HTTP path once
+            for path in candidate_paths[:20] + recommend_paths[:20]:
+                client.get(path)
+
+        # The floor: proxy + ingress + one round trip to each model deployment, no model work.
+        result["healthz_floor"] = asyncio.run(_closed_loop(base, ["/healthz"], 1, args.seconds))
+        print("healthz floor:", result["healthz_floor"])
+        load: dict = {"candidates": [], "recommend": []}
+        for level in args.concurrency:
+            for name, paths in (("candidates", candidate_paths), ("recommend", recommend_paths)):
+                row = asyncio.run(_closed_loop(base, paths, level, args.seconds))
+                load[name].append(row)
+                print(name, row)
+        result["load"] = load
+
+        top = max(args.concurrency)
+        batching = {"batched": next(r for r in load["recommend"] if r["concurrency"] == top)}
+        start_local(spec, user_config={"max_batch_size": 1, "batch_wait_timeout_s": 0.0})
+        time.sleep(1.0)
+        batching["unbatched"] = asyncio.run(_closed_loop(base, recommend_paths, top, args.seconds))
+        batching["gain"] = round(batching["batched"]["qps"] / max(batching["unbatched"]["qps"], 1e-9), 2)
+        start_local(spec, user_config={"max_batch_size": 64, "batch_wait_timeout_s": 0.002})
+        result["batching"] = batching
+        print("batching:", {k: v if isinstance(v, float) else v["qps"] for k, v in batching.items()})
+
+        def wait_serving(content_version: str, ranker_version: str, timeout_s: float = 60.0) -> float:
+            started = time.perf_counter()
+            with httpx.Client(base_url=base) as client:
+                while time.perf_counter() - started < timeout_s:
+                    serving = client.get("/v1/versions").json()["serving"]
+                    if (
+                        serving["indexes"]["content"]["version"] == content_version
+                        and serving["models"]["ranker"]["version"] == ranker_version
+                    ):
+                        return round(time.perf_counter() - started, 2)
+                    time.sleep(0.1)
+            raise RuntimeError(f"serving did not switch to {content_version}/{ranker_version}")
+
+        def hot_swap() -> dict:
+            _publish_set(store, second)
+            return {
+                "published": second["indexes/content"],
+                "switch_after_publish_s": wait_serving(second["indexes/content"], second["models/ranker"]),
+            }
+
+        def rollback() -> dict:
+            rollback_serving_set(store)
+            return {
+                "rolled_back_to": first["indexes/content"],
+                "switch_after_publish_s": wait_serving(first["indexes/content"], first["models/ranker"]),
+            }
+
+        swap = _sustained_with_switches(
+            base, recommend_paths, 8, [(3.0, "hot_swap", hot_swap), (3.0, "rollback", rollback)], tail_s=3.0
+        )
+        result["hot_swap"] = swap
+        print("hot swap:", {k: v for k, v in swap.items() if k != "series"})
+        try:
+            text = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).text
+            result["prometheus_metrics"] = sorted(
+                {
+                    line.split("{")[0].split(" ")[0]
+                    for line in text.splitlines()
+                    if "nearline_" in line and not line.startswith("#")
+                }
+            )
+        except httpx.HTTPError as exc:
+            result["prometheus_metrics"] = f"unavailable: {exc}"
+    finally:
+        shutdown_local()
+    result["bench_seconds"] = round(time.perf_counter() - bench_started, 1)
+    REPORTS.mkdir(exist_ok=True)
+    (REPORTS / "serve.json").write_text(json.dumps(result, indent=1))
+    _plot(result, REPORTS / "serve_latency.png")
+    (REPORTS / "serve.md").write_text(_markdown(result))
+    print((REPORTS / "serve.md").read_text())
+
+
+def _plot(result: dict, path: Path) -> None:
+    fig, (ax_load, ax_swap) = plt.subplots(1, 2, figsize=(11, 4))
+    for name, marker in (("candidates", "o"), ("recommend", "s")):
+        rows = result["load"][name]
+        levels = [r["concurrency"] for r in rows]
+        ax_load.plot(levels, [r["p50_ms"] for r in rows], marker=marker, label=f"{name} p50")
+        ax_load.plot(levels, [r["p99_ms"] for r in rows], marker=marker, linestyle="--", label=f"{name} p99")
+    ax_load.set_xscale("log", base=2)
+    ax_load.set_xlabel("concurrent clients (closed loop)")
+    ax_load.set_ylabel("latency (ms)")
+    ax_load.set_title("HTTP latency vs concurrency")
+    ax_load.legend(fontsize=8)
+    series = result["hot_swap"]["series"]
+    ax_swap.scatter(series["t_s"], series["latency_ms"], s=3, alpha=0.5)
+    for event in result["hot_swap"]["events"]:
+        ax_swap.axvspan(event["started_s"], event["done_s"], alpha=0.2, label=event["event"])
+    ax_swap.set_xlabel("time (s)")
+    ax_swap.set_ylabel("/v1/recommend latency (ms)")
+    ax_swap.set_title(f"hot swap + rollback: {result['hot_swap']['failed_requests']} failed requests")
+    ax_swap.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _markdown(result: dict) -> str:
+    lines = [
+        "# Serving benchmark",
+        "",
+        f"Dataset `{result['dataset']}`: {result['sizes']['users']} users, {result['sizes']['posts']} posts, "
+        f"content dim {result['sizes']['content_dim']}; IVF Flat indexes; 2 shared CPU cores for server "
+        f"and load generator. App start {result.get('startup_s')} s. `python bench/serve.py` "
+        f"({result['bench_seconds']} s).",
+        "",
+        "| endpoint | concurrency | p50 ms | p99 ms | QPS | errors |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for name in ("candidates", "recommend"):
+        for row in result["load"][name]:
+            lines.append(
+                f"| {name} | {row['concurrency']} | {row['p50_ms']} | {row['p99_ms']} | {row['qps']} | {row['errors']} |"
+            )
+    ip = result["in_process"]
+    low = {name: result["load"][name][0] for name in ("candidates", "recommend")}
+    lines += [
+        "",
+        "| in-process (no Ray, no HTTP) | p50 ms | p99 ms | HTTP + Serve overhead at p50, 1 client |",
+        "|---|---:|---:|---:|",
+    ]
+    for name in ("candidates", "recommend"):
+        overhead = round(low[name]["p50_ms"] - ip[name]["p50_ms"], 2)
+        lines.append(f"| {name} | {ip[name]['p50_ms']} | {ip[name]['p99_ms']} | {overhead} ms |")
+    floor = result["healthz_floor"]
+    lines += [
+        "",
+        f"Serve floor (`/healthz`: proxy + ingress + a round trip to each model deployment, 1 client): "
+        f"p50 {floor['p50_ms']} ms, p99 {floor['p99_ms']} ms.",
+    ]
+    b = result["batching"]
+    lines += [
+        "",
+        f"Batching (/v1/recommend, {b['batched']['concurrency']} clients): batched {b['batched']['qps']} QPS "
+        f"(p50 {b['batched']['p50_ms']} ms) vs unbatched {b['unbatched']['qps']} QPS "
+        f"(p50 {b['unbatched']['p50_ms']} ms): x{b['gain']}.",
+        "",
+    ]
+    swap = result["hot_swap"]
+    lines += [
+        f"Hot swap + rollback under sustained /v1/recommend load ({swap['concurrency']} clients, "
+        f"{swap['requests']} requests): **{swap['failed_requests']} failed**. Baseline p50/p99 "
+        f"{swap['baseline']['p50_ms']}/{swap['baseline']['p99_ms']} ms.",
+        "",
+        "| switch | publish -> serving (s) | requests in window | p50 ms | p99 ms | max ms |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for event, window in zip(swap["events"], swap["switch_windows"], strict=True):
+        lines.append(
+            f"| {event['event']} | {event['detail']['switch_after_publish_s']} | {window['requests']} | "
+            f"{window['p50_ms']} | {window['p99_ms']} | {window['max_ms']} |"
+        )
+    lines.append("")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
