@@ -398,9 +398,7 @@ def test_serve_config_rejects_unknown_keys():
 def test_vectors_with_nan_are_refused(store_copy, served):
     current = store_copy.current("embeddings", "user_interest")
     model = store_copy.manifest("embeddings", "user_interest", current)["model_version"]
-    table = pq.read_table(
-        Path(store_copy.path("embeddings", "user_interest", current)) / "part-00000.parquet"
-    )
+    table = pq.read_table(parquet_files(store_copy.path("embeddings", "user_interest", current))[0])
     vectors = np.stack(table.column("vector").to_numpy(zero_copy_only=False)).astype(np.float32)
     vectors[0, 0] = np.nan
     bad = table.set_column(
