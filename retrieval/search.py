@@ -120,6 +120,11 @@ class Searcher:
             faiss.GpuParameterSpace().set_index_parameter(self._gpu_index, "nprobe", s.nprobe)
 
     @property
+    def index(self) -> faiss.Index:
+        """The CPU index searched (and the source of the GPU copy)."""
+        return self._cpu_index
+
+    @property
     def on_gpu(self) -> bool:
         return self._gpu_index is not None
 

@@ -84,6 +84,42 @@ def recall_at_k(found_ids: np.ndarray, true_ids: np.ndarray, k: int) -> float:
     return float((hits[mask] / possible[mask]).mean()) if mask.any() else 0.0
 
 
+def sample_stored_vectors(index: faiss.Index, max_vectors: int = 1000) -> np.ndarray | None:
+    """Decode up to max_vectors vectors as stored in the index, spread over it, to check they are finite.
+
+    Returns:
+        float32 (M, D') (D' is the stored dimension, after any pre-transform), or None for index types
+        whose stored vectors cannot be read back.
+    """
+    level = faiss.downcast_index(index)
+    while True:
+        if isinstance(level, faiss.IndexRefine):
+            level = faiss.downcast_index(level.refine_index)
+        elif isinstance(level, faiss.IndexHNSW):
+            level = faiss.downcast_index(level.storage)
+        elif isinstance(level, (faiss.IndexIDMap, faiss.IndexIDMap2, faiss.IndexPreTransform)):
+            level = faiss.downcast_index(level.index)
+        else:
+            break
+    count = min(max_vectors, int(level.ntotal))
+    if isinstance(level, faiss.IndexFlatCodes):
+        positions = np.linspace(0, level.ntotal - 1, count).astype(np.int64)
+        return level.reconstruct_batch(positions)
+    if isinstance(level, faiss.IndexIVF):
+        # Round-robin over the lists by offset, which needs no direct map.
+        sizes = np.array([level.invlists.list_size(i) for i in range(level.nlist)])
+        vectors = np.empty((count, level.d), dtype=np.float32)
+        filled = 0
+        for offset in range(int(sizes.max(initial=0))):
+            if filled == count:
+                break
+            for list_no in np.flatnonzero(sizes > offset)[: count - filled]:
+                level.reconstruct_from_offset(int(list_no), offset, faiss.swig_ptr(vectors[filled]))
+                filled += 1
+        return vectors[:filled]
+    return None
+
+
 def validate_index(
     searcher: Searcher,
     gate: GateConfig,
@@ -118,11 +154,18 @@ def validate_index(
     else:
         checks.append(GateCheck("count_ratio", None, None, count > 0, f"{count} vectors, no previous version"))
 
+    stored = sample_stored_vectors(searcher.index, gate.query_sample_size)
+    if stored is None:
+        checks.append(GateCheck("finite_vectors", None, 0, True, "stored vectors of this index type are not readable"))
+    else:
+        bad_rows = int((~np.isfinite(stored).all(axis=1)).sum())
+        detail = f"{bad_rows} of {len(stored)} sampled stored vectors have NaN/inf"
+        checks.append(GateCheck("finite_vectors", bad_rows, 0, bad_rows == 0, detail))
+
     if dim_ok and query_vectors.shape[1] == searcher.dim:
         found_ids, scores = searcher.search(query_vectors, gate.recall_k)
-        valid = found_ids >= 0
-        bad_scores = int((~np.isfinite(scores[valid])).sum())
-        checks.append(GateCheck("finite_scores", bad_scores, 0, bad_scores == 0, "non-finite scores of found results"))
+        bad_scores = int((~np.isfinite(scores[found_ids >= 0])).sum())
+        checks.append(GateCheck("finite_scores", bad_scores, 0, bad_scores == 0, "NaN/inf scores among results"))
         recall = recall_at_k(found_ids, true_ids, gate.recall_k)
         checks.append(GateCheck(f"recall@{gate.recall_k}", round(recall, 4), gate.min_recall, recall >= gate.min_recall))
     else:
