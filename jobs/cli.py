@@ -27,6 +27,7 @@ COMMAND_MODULES = [
     "jobs.schedule",
     "jobs.serve_app",
     "jobs.train_content_model",
+    "jobs.build_index",
 ]
 
 DEFAULT_CONFIG = "conf/local.yaml"
