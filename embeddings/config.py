@@ -25,8 +25,8 @@ class ContentModelConfig(BaseModel):
     )
 
     # --- deep (DeepMoji) path
-    embedding_dim: PositiveInt = Field(128, description="Token embedding size (paper: 256).")
-    lstm_hidden: PositiveInt = Field(128, description="Hidden units per direction of each BiLSTM layer (paper: 512).")
+    embedding_dim: PositiveInt = Field(64, description="Token embedding size (paper: 256).")
+    lstm_hidden: PositiveInt = Field(96, description="Hidden units per direction of each BiLSTM layer (paper: 512).")
     attention_over: Literal["all_layers", "last_layer"] = Field(
         "all_layers",
         description="'all_layers' attends over [embedding, BiLSTM 1, BiLSTM 2] as DeepMoji (skip connections); "
@@ -51,7 +51,7 @@ class ContentModelConfig(BaseModel):
     wide_char_ngram_max: PositiveInt = Field(5, description="Largest char n-gram in the wide path.")
 
     # --- training
-    epochs: PositiveInt = Field(8, description="Maximum epochs (early stopping may end sooner).")
+    epochs: PositiveInt = Field(6, description="Maximum epochs (early stopping may end sooner).")
     batch_size: PositiveInt = Field(256, description="Examples per optimiser step.")
     learning_rate: float = Field(2e-3, gt=0.0, description="Peak learning rate of the schedule (Adam).")
     wide_learning_rate: float = Field(

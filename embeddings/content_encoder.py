@@ -109,7 +109,7 @@ class _FeatureIndex:
         max_len = int(lengths.max())
         rows: list[np.ndarray] = []
         sizes: list[np.ndarray] = []
-        for i, n in zip(indices, lengths):
+        for i, n in zip(indices, lengths, strict=True):
             b0, b1 = self.bag_start[i], self.bag_start[i + 1]
             rows.append(f.token_rows[self.row_start[b0]: self.row_start[b1]])
             sizes.append(f.bag_sizes[b0:b1])

@@ -225,7 +225,7 @@ def train_content_model(
     torch.set_num_threads(config.num_threads)
     dev = resolve_device(device)
     os.makedirs(run_dir, exist_ok=True)
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     vocab = vocab or build_vocabulary(train_texts, config.vocab_size, config.min_count, config.subword_buckets)
     train_features = featurize(train_texts, vocab, config)
     val_features = featurize(val_texts, vocab, config)
@@ -290,8 +290,11 @@ def train_content_model(
     model.logit_bias.copy_(torch.from_numpy(bias))
     final = classification_metrics(val_labels, run_model(model, val_features)["scores"])
     train_s = time.perf_counter() - started
+    # CPU seconds / threads estimates the wall time on an otherwise idle machine (the dev box is shared).
+    cpu_s = time.process_time() - cpu_started
     metrics = {"best_epoch": best_epoch, "epochs_run": len(history), "history": history,
                "val": final, "calibration": tuning, "train_s": round(train_s, 1), "prep_s": round(prep_s, 1),
+               "cpu_s": round(cpu_s, 1), "threads": config.num_threads,
                "device": str(dev), "num_train": len(train_texts), "num_val": len(val_texts),
                "vocab_words": len(vocab), "num_labels": num_labels}
     with open(os.path.join(run_dir, "metrics.json"), "w") as f:
@@ -358,13 +361,15 @@ def linear_probe(train_embeddings: np.ndarray, train_labels: np.ndarray, val_emb
 
 def chain_thaw(model: ContentModel, train_texts: Sequence[str], train_labels: np.ndarray,
                val_texts: Sequence[str], val_labels: np.ndarray, label_names: Sequence[str],
-               epochs_per_stage: int = 4, head_lr: float = 1e-3, layer_lr: float = 1e-4,
-               batch_size: int = 64, device: str | None = None) -> tuple[ContentModel, dict]:
+               max_epochs_per_stage: int = 10, patience: int = 2, head_lr: float = 1e-3,
+               layer_lr: float = 1e-4, batch_size: int = 64, device: str | None = None
+               ) -> tuple[ContentModel, dict]:
     """Chain-thaw fine-tuning (DeepMoji): new head, then each layer alone, then all layers.
 
     The emoji heads are replaced by a fresh softmax head over ``label_names``; the wide path is
-    dropped from the prediction (transfer goes through the content embedding). Each stage keeps the
-    weights of its best val-accuracy epoch.
+    dropped from the prediction (transfer goes through the content embedding). Each stage trains until
+    val accuracy has not improved for ``patience`` epochs (at most ``max_epochs_per_stage``) and keeps
+    the weights of its best epoch, as the paper's chain-thaw does.
 
     Returns:
         (fine-tuned model in eval mode, report with per-stage val accuracy).
@@ -377,6 +382,11 @@ def chain_thaw(model: ContentModel, train_texts: Sequence[str], train_labels: np
     tuned.num_labels = num_labels
     tuned.labels = list(label_names)
     tuned.deep_head = nn.Linear(tuned.config.content_embedding_dim, num_labels).to(dev)
+    # Start the new head at the class prior so early stages never do worse than the majority class.
+    prior = np.bincount(train_labels, minlength=num_labels) + 1.0
+    with torch.no_grad():
+        tuned.deep_head.weight.mul_(0.1)
+        tuned.deep_head.bias.copy_(torch.from_numpy(np.log(prior / prior.sum())).float())
     if tuned.config.wide_enabled:
         tuned.wide_head = nn.Linear(tuned.config.wide_dim, num_labels).to(dev)
     tuned.wide_weight = torch.tensor(0.0, device=dev)
@@ -401,7 +411,8 @@ def chain_thaw(model: ContentModel, train_texts: Sequence[str], train_labels: np
             p.requires_grad_(True)
         opts = _optimizers(tuned, lr, lr, 0.0, params)
         best_state = {k: v.detach().clone() for k, v in tuned.state_dict().items()}
-        for _ in range(epochs_per_stage):
+        bad_epochs = 0
+        for _ in range(max_epochs_per_stage):
             tuned.train()
             for indices, batch in iterate_batches(train_f, batch_size, rng.permutation(len(train_f))):
                 logits = tuned(batch.to(dev))["deep_logits"]
@@ -416,8 +427,12 @@ def chain_thaw(model: ContentModel, train_texts: Sequence[str], train_labels: np
                     opt.step()
             acc = _accuracy(tuned, val_f, val_labels)
             if acc > best_acc:
-                best_acc = acc
+                best_acc, bad_epochs = acc, 0
                 best_state = {k: v.detach().clone() for k, v in tuned.state_dict().items()}
+            else:
+                bad_epochs += 1
+                if bad_epochs >= patience:
+                    break
         tuned.load_state_dict(best_state)
         report[name] = best_acc
         tqdm.write(f"chain-thaw {name}: val accuracy {best_acc:.4f}")

@@ -264,7 +264,7 @@ def _handle_finetune(args: argparse.Namespace, config: NearlineConfig) -> int:
     model, names, encoded = _probe_data(args, config)
     (train_texts, train_y), (val_texts, val_y) = _val_split(encoded, config.content.seed)
     tuned, report = chain_thaw(model, train_texts, train_y, val_texts, val_y, names,
-                               epochs_per_stage=args.epochs_per_stage)
+                               max_epochs_per_stage=args.max_epochs_per_stage)
     test_texts, test_y = encoded["test"]
     logits = run_model(tuned, featurize(test_texts, tuned.vocab, tuned.config))["deep_logits"]
     accuracy = float((logits.argmax(1) == test_y).mean())
@@ -300,5 +300,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     finetune.add_argument("--model", required=True, help="model directory or models/content version")
     finetune.add_argument("--jsonl", required=True, help="rows {id, split, text, label}")
     finetune.add_argument("--out", required=True, help="directory for the fine-tuned model")
-    finetune.add_argument("--epochs-per-stage", type=int, default=3)
+    finetune.add_argument("--max-epochs-per-stage", type=int, default=10,
+                          help="each chain-thaw stage stops early on val accuracy (patience 2)")
     finetune.set_defaults(handler=_handle_finetune)

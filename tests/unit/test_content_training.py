@@ -1,0 +1,111 @@
+"""Metrics, calibration, training and transfer of the content model on tiny synthetic tasks."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from sklearn.metrics import f1_score
+
+from embeddings.config import ContentModelConfig
+from embeddings.content_encoder import encode_texts
+from embeddings.training import (
+    chain_thaw,
+    class_weights,
+    classification_metrics,
+    macro_f1,
+    train_content_model,
+    tune_logit_bias,
+)
+
+
+def test_metrics_on_a_hand_example():
+    y_true = np.array([0, 0, 1, 2])
+    scores = np.array([[0.9, 0.1, 0.0], [0.2, 0.8, 0.0], [0.1, 0.7, 0.2], [0.0, 0.4, 0.6]])
+    metrics = classification_metrics(y_true, scores)
+    # predictions 0,1,1,2: F1 class0 = 2/3, class1 = 2/3, class2 = 1
+    assert metrics["macro_f1"] == pytest.approx((2 / 3 + 2 / 3 + 1) / 3)
+    assert metrics["accuracy"] == pytest.approx(0.75)
+    assert metrics["top5_accuracy"] == 1.0
+    with pytest.raises(ValueError, match="3 labels but 4"):
+        classification_metrics(y_true[:3], scores)
+
+
+def test_macro_f1_matches_sklearn(rng):
+    y_true, y_pred = rng.integers(0, 7, 500), rng.integers(0, 6, 500)
+    assert macro_f1(y_true, y_pred, 7) == pytest.approx(f1_score(y_true, y_pred, average="macro"))
+
+
+def test_logit_bias_recovers_a_suppressed_class(rng):
+    y = rng.integers(0, 3, 600)
+    scores = np.eye(3)[y] + rng.normal(0, 0.3, (600, 3))
+    scores[:, 2] -= 2.0  # class 2 is never predicted without a correction
+    before = macro_f1(y, scores.argmax(1), 3)
+    bias = tune_logit_bias(scores, y)
+    assert bias[2] - bias[:2].mean() > 1.0
+    assert macro_f1(y, (scores + bias).argmax(1), 3) > before + 0.2
+
+
+def test_class_weights_schemes():
+    labels = np.array([0] * 90 + [1] * 10)
+    sqrt = class_weights(labels, 2, "sqrt").numpy()
+    balanced = class_weights(labels, 2, "balanced").numpy()
+    assert sqrt[1] / sqrt[0] == pytest.approx(3.0)
+    assert balanced[1] / balanced[0] == pytest.approx(9.0)
+    assert class_weights(labels, 2, "none").numpy().tolist() == [1.0, 1.0]
+
+
+WORDS = {0: ["sun", "beach", "summer"], 1: ["rain", "cold", "grey"], 2: ["cake", "party", "birthday"]}
+
+
+def synthetic_task(rng: np.random.Generator, n: int):
+    labels = rng.integers(0, 3, n)
+    filler = ["the", "a", "today", "so", "very", "we", "it"]
+    texts = [" ".join(rng.choice(WORDS[int(y)], 2).tolist() + rng.choice(filler, 4).tolist()) for y in labels]
+    return texts, labels
+
+
+def tiny_train_config(**overrides) -> ContentModelConfig:
+    base = dict(vocab_size=100, min_count=1, max_len_tokens=10, subword_buckets=64, embedding_dim=16,
+                lstm_hidden=12, content_embedding_dim=8, wide_buckets=512, wide_dim=8, epochs=6, batch_size=32,
+                learning_rate=1e-2, wide_learning_rate=2e-2, early_stopping_patience=6, num_threads=1, seed=1)
+    return ContentModelConfig(**{**base, **overrides})
+
+
+def test_training_reduces_loss_and_learns_a_synthetic_task(rng, tmp_path):
+    train_texts, train_y = synthetic_task(rng, 300)
+    val_texts, val_y = synthetic_task(rng, 90)
+    result = train_content_model(tiny_train_config(), train_texts, train_y, val_texts, val_y,
+                                 ["sun", "rain", "cake"], str(tmp_path), device="cpu")
+    history = result.metrics["history"]
+    assert history[-1]["train_loss"] < 0.5 * history[0]["train_loss"]
+    assert result.metrics["val"]["macro_f1"] > 0.9
+    assert max(h["val_deep_macro_f1"] for h in history) > 0.9  # the deep path learns on its own
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    assert saved["best_epoch"] == result.metrics["best_epoch"]
+    assert (tmp_path / "training_curve.png").stat().st_size > 0
+    vectors = encode_texts(result.model, ["sun beach", "rain cold"])
+    assert vectors.shape == (2, 8)
+
+
+def test_unknown_labels_are_rejected(rng, tmp_path):
+    texts, y = synthetic_task(rng, 20)
+    with pytest.raises(ValueError, match="label 5 outside"):
+        train_content_model(tiny_train_config(epochs=1), texts, np.full(20, 5), texts, y, ["a", "b", "c"],
+                            str(tmp_path))
+
+
+def test_chain_thaw_adapts_to_a_new_task(rng, tmp_path):
+    train_texts, train_y = synthetic_task(rng, 200)
+    val_texts, val_y = synthetic_task(rng, 60)
+    pretrained = train_content_model(tiny_train_config(wide_enabled=False), train_texts, train_y, val_texts, val_y,
+                                     ["sun", "rain", "cake"], str(tmp_path), device="cpu").model
+    # new binary task: is it about weather (sun/rain) or not
+    new_train, new_val = (train_y < 2).astype(np.int64), (val_y < 2).astype(np.int64)
+    tuned, report = chain_thaw(pretrained, train_texts, new_train, val_texts, new_val, ["other", "weather"],
+                               max_epochs_per_stage=8, patience=3, head_lr=1e-2, layer_lr=1e-3, batch_size=16, device="cpu")
+    assert tuned.num_labels == 2 and pretrained.num_labels == 3
+    stages = report["val_accuracy_by_stage"]
+    assert list(stages) == ["head", "layer0", "layer1", "layer2", "layer3", "head_again", "all"]
+    assert stages["all"] >= stages["head"] and stages["all"] > 0.9
