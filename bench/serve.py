@@ -356,8 +356,9 @@ def _plot(result: dict, path: Path) -> None:
     ax_load.legend(fontsize=8)
     series = result["hot_swap"]["series"]
     ax_swap.scatter(series["t_s"], series["latency_ms"], s=3, alpha=0.5)
-    for event in result["hot_swap"]["events"]:
-        ax_swap.axvspan(event["started_s"], event["done_s"], alpha=0.2, label=event["event"])
+    for event, color in zip(result["hot_swap"]["events"], ("tab:green", "tab:red"), strict=False):
+        label = f"{event['event']} (publish -> serving)"
+        ax_swap.axvspan(event["started_s"], event["done_s"], alpha=0.2, color=color, label=label)
     ax_swap.set_xlabel("time (s)")
     ax_swap.set_ylabel("/v1/recommend latency (ms)")
     ax_swap.set_title(f"hot swap + rollback: {result['hot_swap']['failed_requests']} failed requests")

@@ -74,11 +74,12 @@ def run_serve(args: argparse.Namespace, config: NearlineConfig) -> int:
     spec = app_spec(config.store.root, config.data.path, serve_config, config.indexes)
     url = f"http://{serve_config.host}:{serve_config.port}"
     stop = threading.Event()
-    # SIGTERM ends the wait like Ctrl-C, so that Ray is always shut down on the way out.
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
     started = time.perf_counter()
     try:
         start_local(spec, num_cpus=args.num_cpus)
+        # SIGTERM ends the wait like Ctrl-C, so that Serve and Ray are shut down on the way out. Set after
+        # ray.init, which installs its own handler that would exit without that.
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
         versions = httpx.get(f"{url}/v1/versions", timeout=serve_config.request_timeout_s).json()
         print(f"nearline serving on {url} ({time.perf_counter() - started:.1f} s to start); Ctrl-C to stop")
         print(json.dumps(versions.get("serving", versions), indent=1))
