@@ -43,6 +43,9 @@ class SparkConfig(_Strict):
         2_000_000, description="Shuffle partitions are sized to the data: ceil(rows / this), min 2."
     )
     max_shuffle_partitions: PositiveInt = 2000
+    python: str | None = Field(
+        None, description="Interpreter executors run (spark.pyspark.python); None: the cluster's default."
+    )
     ui_enabled: bool = Field(False, description="Spark UI; off locally so ports are not taken.")
     extra_conf: dict[str, str] = Field(default_factory=dict, description="Any further spark.* settings.")
 

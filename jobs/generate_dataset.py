@@ -5,7 +5,9 @@ Writes: config.data.path/{users,follows,posts,engagements,truth/user_topics,trut
 
 Blocks of users are Spark tasks; each block's rows depend only on the seed and the
 block index, and part files are renamed by block, so the same seed gives the same
-bytes on any number of cores. The dataset is written beside the target and
+files with the same rows, schema and metadata on any number of cores or a cluster.
+(Byte equality holds within one JVM only: parquet-mr lists a column chunk's
+encodings in hash-set order, which changes between JVM processes.) The dataset is written beside the target and
 swapped in at the end, so a failed run leaves the previous dataset untouched.
 """
 

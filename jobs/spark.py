@@ -8,8 +8,8 @@ builder only fills in what is not already set.
 from __future__ import annotations
 
 import math
-import shutil
 import os
+import shutil
 import subprocess
 import sys
 
@@ -49,6 +49,10 @@ def build_spark_session(config: SparkConfig, expected_rows: int = 0, app_suffix:
     """
     if config.master.startswith("sc://"):
         builder = SparkSession.builder.remote(config.master)
+    elif os.environ.get("PYSPARK_GATEWAY_PORT"):
+        # Launched by spark-submit: the JVM is already up with the master and resources of the
+        # submit command, which must win over the config file's defaults.
+        builder = SparkSession.builder
     else:
         check_java()
         builder = SparkSession.builder.master(config.master).config("spark.driver.memory", config.driver_memory)
@@ -63,6 +67,8 @@ def build_spark_session(config: SparkConfig, expected_rows: int = 0, app_suffix:
             builder = builder.config("spark.executor.cores", str(config.executor_cores))
         if config.num_executors:
             builder = builder.config("spark.executor.instances", str(config.num_executors))
+        if config.python:
+            builder = builder.config("spark.pyspark.python", config.python)
     app_name = f"{config.app_name}-{app_suffix}" if app_suffix else config.app_name
     builder = (
         builder.appName(app_name)

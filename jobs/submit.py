@@ -9,8 +9,11 @@ configuration. Prints the command; `--run` executes it.
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
+import shutil
 import subprocess
+import sys
 import zipfile
 from pathlib import Path
 
@@ -30,11 +33,17 @@ def build_code_zip(repo_root: Path, out_dir: Path) -> Path:
     return archive
 
 
+def spark_submit_executable() -> str:
+    """spark-submit from PATH, else the one pyspark installed beside this interpreter."""
+    beside = Path(sys.executable).parent / "spark-submit"
+    return shutil.which("spark-submit") or (str(beside) if beside.exists() else "spark-submit")
+
+
 def spark_submit_command(
     spark: SparkConfig, code_zip: Path, entry_point: Path, config_path: str | None, job_args: list[str],
-    deploy_mode: str = "client",
+    deploy_mode: str = "client", overrides: list[str] | None = None,
 ) -> list[str]:
-    command = ["spark-submit", "--master", spark.master, "--deploy-mode", deploy_mode,
+    command = [spark_submit_executable(), "--master", spark.master, "--deploy-mode", deploy_mode,
                "--name", f"{spark.app_name}-{job_args[0] if job_args else 'job'}",
                "--py-files", str(code_zip), "--conf", f"spark.driver.memory={spark.driver_memory}",
                "--conf", "spark.sql.execution.arrow.pyspark.enabled=true",
@@ -45,6 +54,8 @@ def spark_submit_command(
         command += ["--executor-cores", str(spark.executor_cores)]
     if spark.num_executors:
         command += ["--num-executors", str(spark.num_executors)]
+    if spark.python:
+        command += ["--conf", f"spark.pyspark.python={spark.python}"]
     for key, value in sorted(spark.extra_conf.items()):
         command += ["--conf", f"{key}={value}"]
     nearline_args = []
@@ -52,6 +63,8 @@ def spark_submit_command(
         # In cluster mode the driver runs remotely and finds the shipped file in its working directory.
         command += ["--files", config_path]
         nearline_args += ["--config", config_path if deploy_mode == "client" else Path(config_path).name]
+    for assignment in overrides or []:
+        nearline_args += ["--set", assignment]
     return command + [str(entry_point)] + nearline_args + job_args
 
 
@@ -62,10 +75,18 @@ def _handle(args: argparse.Namespace, config: NearlineConfig) -> int:
     code_zip = build_code_zip(repo_root, Path(args.build_dir))
     config_path = args.config_file or args.config_path
     command = spark_submit_command(config.spark, code_zip, repo_root / "jobs" / "cli.py", config_path,
-                                   args.job_args, args.deploy_mode)
+                                   args.job_args, args.deploy_mode, args.config_overrides)
     print(shlex.join(command))
     if args.run:
-        return subprocess.run(command, check=False).returncode
+        import pyspark
+
+        spark_python = config.spark.python
+
+        # pip's spark-submit finds its Spark through `python3` on PATH unless told; point it at ours.
+        env = {"SPARK_HOME": str(Path(pyspark.__file__).parent), "PYSPARK_DRIVER_PYTHON": sys.executable,
+               "PYSPARK_PYTHON": spark_python or sys.executable,
+               **os.environ}
+        return subprocess.run(command, check=False, env=env).returncode
     return 0
 
 

@@ -43,6 +43,23 @@ def shared_data() -> Path:
 
 
 @pytest.fixture(scope="session")
+def assert_same_files():
+    """Asserts two Parquet directories hold the same files with equal rows, schema and metadata."""
+    import pyarrow.parquet as pq
+
+    def contents(root: Path) -> dict:
+        return {p.relative_to(root).as_posix(): pq.read_table(p) for p in sorted(root.rglob("*.parquet"))}
+
+    def check(first: Path, second: Path) -> None:
+        left, right = contents(first), contents(second)
+        assert left and list(left) == list(right)
+        for name, table in left.items():
+            assert table.equals(right[name], check_metadata=True), name
+
+    return check
+
+
+@pytest.fixture(scope="session")
 def spark():
     """One local[2] session for the whole test run (JVM start costs seconds)."""
     from jobs.config import SparkConfig

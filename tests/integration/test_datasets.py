@@ -1,6 +1,5 @@
 """Generate -> validate -> adapters, on a real local Spark session."""
 
-import hashlib
 from pathlib import Path
 
 import pyarrow.dataset as ds
@@ -11,11 +10,6 @@ from jobs.contract import read_tables, validate_tables
 pytestmark = [pytest.mark.spark, pytest.mark.slow]
 
 
-def _digest(root: Path) -> dict[str, str]:
-    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*.parquet"))}
-
-
 def test_generated_dataset_is_contract_valid(tiny_dataset):
     report = validate_tables(read_tables(tiny_dataset.data.path))
     assert report.ok, report.render()
@@ -23,12 +17,12 @@ def test_generated_dataset_is_contract_valid(tiny_dataset):
     assert report.row_counts["engagements"] > 10 * report.row_counts["users"]
 
 
-def test_same_seed_same_bytes(spark, tiny_dataset, tmp_path):
+def test_same_seed_same_files(spark, tiny_dataset, tmp_path, assert_same_files):
     from jobs.generate_dataset import run
 
     again = tiny_dataset.model_copy(update={"data": tiny_dataset.data.model_copy(update={"path": str(tmp_path / "d")})})
     run(spark, again)
-    assert _digest(Path(tiny_dataset.data.path)) == _digest(tmp_path / "d")
+    assert_same_files(Path(tiny_dataset.data.path), tmp_path / "d")
 
 
 def test_twitter15_import_is_contract_valid(spark, shared_data, tmp_path):
