@@ -293,9 +293,11 @@ def assign_split(rows: DataFrame, validation_start_us: int, test_start_us: int) 
     )
 
 
-def read_content_embeddings(spark: SparkSession, store: Store) -> tuple[DataFrame | None, str | None]:
-    """The current content embedding version as (post_id, vector), or (None, None) if there is none."""
-    version = store.current("embeddings", "content") or store.latest("embeddings", "content")
+def read_content_embeddings(
+    spark: SparkSession, store: Store, version: str | None = None
+) -> tuple[DataFrame | None, str | None]:
+    """Content embeddings as (post_id, vector): the given version, else the current one, else (None, None)."""
+    version = version or store.current("embeddings", "content") or store.latest("embeddings", "content")
     if version is None:
         return None, None
     frame = spark.read.parquet(store.data_path("embeddings", "content", version))
@@ -307,14 +309,17 @@ def read_content_embeddings(spark: SparkSession, store: Store) -> tuple[DataFram
     return frame, version
 
 
-def run(spark: SparkSession, config: NearlineConfig) -> tuple[str, dict]:
-    """Build and stage features/ranking/<version>; returns (version, manifest fields)."""
+def run(spark: SparkSession, config: NearlineConfig, content_version: str | None = None) -> tuple[str, dict]:
+    """Build and stage features/ranking/<version>; returns (version, manifest fields).
+
+    content_version pins the content embeddings (a refresh passes the ones it just staged).
+    """
     features_config = config.ranker.features
     tables = read_tables(spark, config.data.path)
     store = Store(config.store.root)
     content, content_version = (None, None)
     if features_config.use_content_embeddings:
-        content, content_version = read_content_embeddings(spark, store)
+        content, content_version = read_content_embeddings(spark, store, content_version)
     impressions = tables["engagements"].where(F.col("event") == "impression")
     validation_start, test_start = split_boundaries(
         impressions, features_config.validation_fraction, features_config.test_fraction

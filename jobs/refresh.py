@@ -193,12 +193,13 @@ def run_refresh(config: NearlineConfig, spark=None) -> dict[str, Any]:  # noqa: 
         )
         user = run.stage(
             "user_embeddings", ("embeddings", "user"), stage_key("user_embeddings", fingerprint, ranker),
-            lambda: _manifest(export_user_embeddings.run(spark, config, "user", ranker, publish=False)),
+            lambda: _manifest(export_user_embeddings.run(spark, config, "user", model_version=ranker, publish=False)),
         )
         run.stage(
             "user_author_embeddings", ("embeddings", "user_author"),
             stage_key("user_author_embeddings", fingerprint, ranker),
-            lambda: _manifest(export_user_embeddings.run(spark, config, "user-author", ranker, publish=False)),
+            lambda: _manifest(export_user_embeddings.run(spark, config, "user-author", model_version=ranker,
+                                                      publish=False)),
         )
         for name, embedding_version in (("content", content), ("user", user)):
             run.stage(

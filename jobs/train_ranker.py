@@ -125,8 +125,9 @@ def resolve_parent(store: Store, warm_start_from: str) -> str | None:
     return warm_start_from
 
 
-def run(config: NearlineConfig, warm_start_from: str, sample_fraction: float, publish: bool = True) -> dict:
-    """Train and stage a ranker; returns its manifest fields."""
+def run(config: NearlineConfig, warm_start_from: str, sample_fraction: float, publish: bool = True,
+        features_version: str | None = None) -> dict:
+    """Train and stage a ranker on features_version (default: the current features); returns its manifest fields."""
     from pyspark.sql import functions as F
 
     from jobs.spark import build_spark_session
@@ -135,7 +136,7 @@ def run(config: NearlineConfig, warm_start_from: str, sample_fraction: float, pu
         raise ValueError(f"--sample-fraction must be in (0, 1], got {sample_fraction}")
     ranker = config.ranker
     store = Store(config.store.root)
-    features_version = store.resolve("features", "ranking")
+    features_version = store.resolve("features", "ranking", features_version)
     features_dir = store.data_path("features", "ranking", features_version)
     parent_version = resolve_parent(store, warm_start_from)
     parent = load_ranker(store.path("models", "ranker", parent_version)) if parent_version else None
