@@ -1,6 +1,8 @@
 """Serving benchmark: closed-loop HTTP load, in-process overhead, batching gain, hot swap + rollback under load.
 
-    python bench/serve.py [--data data/synthetic] [--seconds 4] [--concurrency 1 4 16 32]
+    python -m bench.serve [--data data/synthetic] [--seconds 4] [--concurrency 1 4 16 32]
+
+(``python bench/serve.py`` works too unless a ``bench/retrieval.py`` shadows the ``retrieval`` package.)
 
 Builds a coherent serving set into a temporary store (content vectors, user interests, a random
 ranker with its user / user-author vectors, both indexes) over the dataset, starts the app on a free
@@ -42,6 +44,7 @@ from ranking.serving_state import (  # noqa: E402
     INDEX_POINTERS,
     RANKER_POINTERS,
     CandidateQuery,
+    RankQuery,
     load_index_bundle,
     load_ranker_bundle,
     read_pointers,
@@ -125,6 +128,50 @@ def _in_process(index, ranker, users: np.ndarray, repeats: int) -> dict:
             latencies.append((time.perf_counter() - started) * 1000)
         out[name] = _percentiles(latencies)
     return out
+
+
+def _in_process_batching(index, ranker, users: np.ndarray, batch_size: int = 32) -> dict:
+    """Queries/s of one batched call vs the same queries one call each (the work @serve.batch merges)."""
+    users = users[:batch_size]
+    posts = ranker.posts.post_ids
+    rng = np.random.default_rng(1)
+    rank_queries = [RankQuery(int(u), rng.choice(posts, 500, replace=False)) for u in users]
+    candidate_queries = [CandidateQuery(int(u), 100) for u in users]
+    out = {}
+    for name, batched, single in (
+        ("candidates", lambda: index.candidates(candidate_queries), lambda q: index.candidates([q])),
+        ("rank_500", lambda: ranker.rank(rank_queries), lambda q: ranker.rank([q])),
+    ):
+        queries = candidate_queries if name == "candidates" else rank_queries
+        timings = {}
+        for mode in ("batched", "unbatched"):
+            started = time.perf_counter()
+            for _ in range(3):
+                if mode == "batched":
+                    batched()
+                else:
+                    for q in queries:
+                        single(q)
+            timings[mode] = round(3 * len(queries) / (time.perf_counter() - started), 1)
+        out[name] = {
+            "batch_size": len(queries),
+            "batched_qps": timings["batched"],
+            "unbatched_qps": timings["unbatched"],
+            "gain": round(timings["batched"] / timings["unbatched"], 2),
+        }
+    return out
+
+
+def _batch_size_means(metrics_text: str) -> dict[str, float]:
+    """Mean observed batch size per batched method, from the Prometheus text."""
+    sums: dict[str, float] = {}
+    counts: dict[str, float] = {}
+    for line in metrics_text.splitlines():
+        for suffix, target in (("_sum", sums), ("_count", counts)):
+            if line.startswith(f"ray_nearline_batch_size{suffix}{{"):
+                method = line.split('method="')[1].split('"')[0]
+                target[method] = target.get(method, 0.0) + float(line.rsplit(" ", 1)[1])
+    return {m: round(sums[m] / counts[m], 2) for m in sums if counts.get(m)}
 
 
 def _sustained_with_switches(base: str, paths: list[str], concurrency: int, actions, tail_s: float) -> dict:
@@ -241,6 +288,8 @@ def main() -> None:
     ranker = load_ranker_bundle(store, read_pointers(store, RANKER_POINTERS), config, data)
     users = np.random.default_rng(0).permutation(index.interest.ids)
     in_process = _in_process(index, ranker, users, repeats=200)
+    in_process_batching = _in_process_batching(index, ranker, users)
+    print("in-process batching:", in_process_batching)
     sizes = {
         "users": int(len(index.known_users)),
         "posts": int(len(index.post_vectors.ids)),
@@ -259,6 +308,7 @@ def main() -> None:
         "sizes": sizes,
         "serve_config": config.model_dump(mode="json"),
         "in_process": in_process,
+        "in_process_batching": in_process_batching,
     }
     try:
         started = time.perf_counter()
@@ -323,6 +373,7 @@ def main() -> None:
         print("hot swap:", {k: v for k, v in swap.items() if k != "series"})
         try:
             text = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).text
+            result["mean_batch_size"] = _batch_size_means(text)
             result["prometheus_metrics"] = sorted(
                 {
                     line.split("{")[0].split(" ")[0]
@@ -374,7 +425,7 @@ def _markdown(result: dict) -> str:
         "",
         f"Dataset `{result['dataset']}`: {result['sizes']['users']} users, {result['sizes']['posts']} posts, "
         f"content dim {result['sizes']['content_dim']}; IVF Flat indexes; 2 shared CPU cores for server "
-        f"and load generator. App start {result.get('startup_s')} s. `python bench/serve.py` "
+        f"and load generator. App start {result.get('startup_s')} s. `python -m bench.serve` "
         f"({result['bench_seconds']} s).",
         "",
         "| endpoint | concurrency | p50 ms | p99 ms | QPS | errors |",
@@ -409,6 +460,19 @@ def _markdown(result: dict) -> str:
         f"(p50 {b['unbatched']['p50_ms']} ms): x{b['gain']}.",
         "",
     ]
+    lines += [
+        "| in-process, one call for a batch vs one call per query | batch | batched q/s | unbatched q/s | gain |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for name, row in result["in_process_batching"].items():
+        lines.append(
+            f"| {name} | {row['batch_size']} | {row['batched_qps']} | {row['unbatched_qps']} | x{row['gain']} |"
+        )
+    lines += [
+        "",
+        f"Mean batch size seen by the deployments over the run: {result.get('mean_batch_size')}.",
+        "",
+    ]
     swap = result["hot_swap"]
     lines += [
         f"Hot swap + rollback under sustained /v1/recommend load ({swap['concurrency']} clients, "
@@ -423,7 +487,18 @@ def _markdown(result: dict) -> str:
             f"| {event['event']} | {event['detail']['switch_after_publish_s']} | {window['requests']} | "
             f"{window['p50_ms']} | {window['p99_ms']} | {window['max_ms']} |"
         )
-    lines.append("")
+    overhead = round(low["candidates"]["p50_ms"] - ip["candidates"]["p50_ms"], 1)
+    verdict = "meets" if overhead <= 5 else "misses"
+    lines += [
+        "",
+        f"Reading: HTTP + Serve add {overhead} ms at p50 to /v1/candidates with one client, which {verdict} the "
+        f"5 ms target on this machine; the /healthz floor ({floor['p50_ms']} ms, no model work) shows that the "
+        "cost is the proxy and deployment-handle hops on 2 shared cores, not FAISS or the ranker (in-process "
+        f"{ip['candidates']['p50_ms']} / {ip['recommend']['p50_ms']} ms). Under load the proxy and ingress saturate "
+        f"first, so the model deployments see small batches (mean {result.get('mean_batch_size')}), and "
+        "the batching gain over HTTP stays below the in-process one.",
+        "",
+    ]
     return "\n".join(lines)
 
 
