@@ -60,7 +60,11 @@ def encode_frame(frame: pd.DataFrame, group_config, discretizer) -> tuple[np.nda
     ids = discretizer.transform(columns, group_config.sparse_features)
     parts = [columns[n].astype(np.float32).reshape(-1, 1) for n in group_config.dense_features]
     dense = np.concatenate(parts, axis=1) if parts else np.zeros((len(frame), 0), dtype=np.float32)
-    return ids, np.nan_to_num(dense)
+    if not np.isfinite(dense).all():
+        raise ValueError(
+            "dense split inputs contain NaN or inf; the training rows would have been rejected too"
+        )
+    return ids, dense
 
 
 def split_vectors_udf(split_dir: str, keys: list[str], batch_rows: int = 8192):  # noqa: ANN201

@@ -1,0 +1,405 @@
+"""Ranker benchmark: split vs fully connected, warm vs cold start, export throughput.
+
+Reads:  store features/ranking/<current> (built with `nearline features` first if missing) and,
+        for the export measurement, the current ranker (trained here if missing).
+Writes: reports/ranker.json, reports/ranker.md (README-ready table), reports/ranker.png.
+
+Comparisons, all on the same rows and the same test periods:
+1. split vs fully-connected architecture: test log loss, AUC, training time.
+2. warm start on 20% of a new period vs cold start on 100% of it (tested on the next period).
+3. repeated warm start over consecutive periods vs a cold start each period.
+4. tuned warm start (learning rate picked on validation) vs cold start: relative log loss.
+5. export throughput of `nearline export user` / `user-author` (Spark) vs a plain torch loop.
+
+Periods are whole days of impressions: the first ``--base-days`` train the initial model, each
+later day is one retraining period, evaluated on the day after it.
+
+Usage: .venv/bin/python -P bench/ranker.py [--config conf/local.yaml] [--set key=value ...]
+(-P keeps bench/ off sys.path, where bench/retrieval.py would shadow the retrieval package.)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+
+import numpy as np
+import pandas as pd
+
+from jobs.config import NearlineConfig, load_config
+from jobs.train_ranker import frame_to_examples
+from ranking.config import RankerConfig, TrainingConfig
+from ranking.discretizer import Discretizer, fit_discretizer, recalibrate
+from ranking.training import evaluate, train_ranker
+from retrieval.store import Store
+
+MICROS_PER_DAY = 86_400_000_000
+
+
+def load_rows(config: NearlineConfig) -> tuple[pd.DataFrame, str]:
+    """All feature rows (train, validation and test splits together), sorted by time."""
+    store = Store(config.store.root)
+    version = store.current("features", "ranking")
+    if version is None:
+        from jobs import build_ranking_features
+        from jobs.spark import build_spark_session
+
+        spark = build_spark_session(config.spark, expected_rows=1_000_000, app_suffix="bench-features")
+        version, _ = build_ranking_features.run(spark, config)
+    root = store.data_path("features", "ranking", version)
+    frames = [pd.read_parquet(f"{root}/{split}") for split in ("train", "validation", "test")]
+    return pd.concat(frames, ignore_index=True).sort_values("ts_us", kind="stable").reset_index(
+        drop=True
+    ), version
+
+
+def fit(
+    frame: pd.DataFrame, config: RankerConfig, parent: Discretizer | None, rng: np.random.Generator
+) -> Discretizer:
+    """Discretizer from a row sample: fresh, or bin-preserving from ``parent``."""
+    sample = frame.iloc[rng.permutation(len(frame))[: config.discretizer.sample_size]]
+    samples = {n: sample[n].to_numpy(dtype=np.float64, na_value=np.nan) for n in config.continuous_features}
+    d = config.discretizer
+    if parent is None:
+        return fit_discretizer(samples, d.num_bins, d.hash_space_size, config.categorical_features)
+    return recalibrate(parent, samples, d.num_bins, d.hash_space_size)
+
+
+def holdout(frame: pd.DataFrame, fraction: float = 0.1) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Time-ordered (train, validation) split of one period's rows."""
+    cut = int(len(frame) * (1 - fraction))
+    return frame.iloc[:cut], frame.iloc[cut:]
+
+
+def summarize(metrics: dict) -> dict:
+    """Engage-task and mean-over-tasks log loss / AUC / RCE."""
+    engage = metrics["tasks"]["engage"]
+    return {
+        "log_loss": metrics["log_loss"],
+        "auc": metrics["auc"],
+        "rce": metrics["rce"],
+        "engage_log_loss": engage["log_loss"],
+        "engage_auc": engage["auc"],
+        "engage_rce": engage["rce"],
+    }
+
+
+class Trainer:
+    """Trains one model on a period's rows, optionally warm-started, and scores it on a test frame."""
+
+    def __init__(self, config: RankerConfig, seed: int) -> None:
+        self.config = config
+        self.rng = np.random.default_rng(seed)
+
+    def run(
+        self,
+        frame: pd.DataFrame,
+        test: pd.DataFrame,
+        parent: tuple | None = None,
+        fraction: float = 1.0,
+        learning_rate: float | None = None,
+        architecture: str | None = None,
+    ) -> dict:
+        config = self.config
+        updates = {}
+        if learning_rate is not None:
+            updates["training"] = config.training.model_copy(update={"learning_rate": learning_rate})
+        if architecture is not None:
+            updates["architecture"] = architecture
+        config = config.model_copy(update=updates) if updates else config
+        if fraction < 1.0:
+            keep = np.sort(self.rng.permutation(len(frame))[: max(1, int(len(frame) * fraction))])
+            frame = frame.iloc[keep]
+        train_frame, val_frame = holdout(frame)
+        discretizer = fit(train_frame, config, parent[1] if parent else None, self.rng)
+        train, val, test_examples = (
+            frame_to_examples(f, config, discretizer) for f in (train_frame, val_frame, test)
+        )
+        result = train_ranker(
+            config, train, val, parent_state=parent[0].state_dict() if parent else None, progress=False
+        )
+        test_metrics = evaluate(result.model, test_examples, config.tasks)
+        return {
+            "model": (result.model, discretizer),
+            "val_log_loss": result.metrics["val"]["log_loss"],
+            "test": summarize(test_metrics),
+            "train_time_s": result.train_time_s,
+            "epochs": len(result.history),
+            "rows": len(train),
+        }
+
+
+def strip(run: dict) -> dict:
+    return {k: v for k, v in run.items() if k != "model"}
+
+
+def relative(a: float, b: float) -> float:
+    """(a - b) / b in percent: negative means a is lower (better, for a loss)."""
+    return 100.0 * (a - b) / b
+
+
+def compare_architectures(trainer: Trainer, train: pd.DataFrame, test: pd.DataFrame) -> dict:
+    split = trainer.run(train, test, architecture="split")
+    fc = trainer.run(train, test, architecture="fully_connected")
+    return {
+        "split": strip(split),
+        "fully_connected": strip(fc),
+        "train_time_change_pct": relative(split["train_time_s"], fc["train_time_s"]),
+        "log_loss_change_pct": relative(split["test"]["log_loss"], fc["test"]["log_loss"]),
+    }
+
+
+def warm_vs_cold(
+    trainer: Trainer, periods: list[pd.DataFrame], base: pd.DataFrame, lr_grid: list[float]
+) -> dict:
+    """Comparisons 2-4 over consecutive periods (each tested on the next one)."""
+    parent = trainer.run(base, periods[0])
+    chain = parent["model"]
+    rows = []
+    for k in range(len(periods) - 1):
+        period, test = periods[k], periods[k + 1]
+        cold = trainer.run(period, test)
+        warm20 = trainer.run(period, test, parent=chain, fraction=0.2)
+        warm = trainer.run(period, test, parent=chain)
+        # Tuned warm start: the learning rate is picked on the period's validation rows, not on test.
+        tuned = min(
+            (trainer.run(period, test, parent=chain, learning_rate=lr) for lr in lr_grid),
+            key=lambda r: r["val_log_loss"],
+        )
+        rows.append(
+            {
+                "period": k + 1,
+                "train_rows": cold["rows"],
+                "cold_100": strip(cold),
+                "warm_20": strip(warm20),
+                "warm_100": strip(warm),
+                "warm_tuned": strip(tuned),
+                "warm_20_vs_cold_log_loss_pct": relative(
+                    warm20["test"]["log_loss"], cold["test"]["log_loss"]
+                ),
+                "warm_vs_cold_log_loss_pct": relative(warm["test"]["log_loss"], cold["test"]["log_loss"]),
+                "tuned_warm_vs_cold_log_loss_pct": relative(
+                    tuned["test"]["log_loss"], cold["test"]["log_loss"]
+                ),
+            }
+        )
+        chain = warm["model"]
+    return {"base_rows": parent["rows"], "base_test": parent["test"], "periods": rows}
+
+
+def export_throughput(config: NearlineConfig) -> dict:
+    """Rows/s of the Spark export jobs vs a plain torch loop over the same number of feature rows."""
+    import torch
+
+    from jobs import export_user_embeddings, train_ranker
+    from jobs.spark import build_spark_session
+    from ranking.scorer import compute_split_vectors
+    from ranking.training import load_split
+
+    store = Store(config.store.root)
+    if store.current("models", "ranker") is None:
+        train_ranker.run(config, "none", 1.0)
+    spark = build_spark_session(config.spark, expected_rows=1_000_000, app_suffix="bench-export")
+    out = {}
+    for kind, group in (("user", "user"), ("user-author", "user_author")):
+        result = export_user_embeddings.run(spark, config, kind, publish=False)
+        split, group_config, discretizer, _ = load_split(
+            f"{store.path('models', 'ranker', result['model_version'])}/splits/{group}"
+        )
+        tables = export_user_embeddings.read_tables(spark, config.data.path)
+        frame = export_user_embeddings.feature_rows(kind, tables, result["as_of_us"], 28).cache()
+        frame.count()
+        # Inference alone: the same mapInPandas stage over already computed (cached) feature rows.
+        split_dir = f"{store.path('models', 'ranker', result['model_version'])}/splits/{group}"
+        keys = export_user_embeddings.KEYS_OF_GROUP[group]
+        schema = ", ".join(f"{k} long" for k in keys) + ", vector array<float>"
+        started = time.perf_counter()
+        frame.mapInPandas(export_user_embeddings.split_vectors_udf(split_dir, keys), schema).write.format(
+            "noop"
+        ).mode("overwrite").save()
+        inference_s = time.perf_counter() - started
+        rows = frame.toPandas()
+        frame.unpersist()
+        torch.set_num_threads(1)
+        started = time.perf_counter()
+        ids, dense = export_user_embeddings.encode_frame(rows, group_config, discretizer)
+        with torch.no_grad():
+            compute_split_vectors(split, ids, dense)
+        loop_s = time.perf_counter() - started
+        out[group] = {
+            "rows": result["row_counts"][group],
+            "spark_job_s": result["elapsed_s"],
+            "spark_rows_per_s": result["rows_per_s"],
+            "torch_loop_s": loop_s,
+            "torch_loop_rows_per_s": len(rows) / loop_s,
+            "spark_over_torch_ratio": result["rows_per_s"] / (len(rows) / loop_s),
+            "spark_inference_rows_per_s": len(rows) / inference_s,
+            "spark_inference_over_torch_ratio": (len(rows) / inference_s) / (len(rows) / loop_s),
+        }
+    return out
+
+
+def plot(report: dict, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    periods = report["warm_vs_cold"]["periods"]
+    x = [p["period"] for p in periods]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
+    for key, label in (
+        ("cold_100", "cold, 100%"),
+        ("warm_20", "warm, 20%"),
+        ("warm_100", "warm, 100%"),
+        ("warm_tuned", "warm, tuned lr"),
+    ):
+        axes[0].plot(x, [p[key]["test"]["log_loss"] for p in periods], marker="o", label=label)
+    axes[0].set_xlabel("retraining period (day)")
+    axes[0].set_ylabel("next-day test log loss (mean over tasks)")
+    axes[0].legend()
+    arch = report["architectures"]
+    names = ["split", "fully_connected"]
+    axes[1].bar(names, [arch[n]["train_time_s"] for n in names], color=["tab:blue", "tab:gray"])
+    axes[1].set_ylabel("training time (s)")
+    for i, n in enumerate(names):
+        axes[1].text(
+            i,
+            arch[n]["train_time_s"],
+            f"LL {arch[n]['test']['log_loss']:.4f}\nAUC {arch[n]['test']['auc']:.3f}",
+            ha="center",
+            va="bottom",
+            fontsize=8,
+        )
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def markdown(report: dict) -> str:
+    arch = report["architectures"]
+    lines = [
+        f"Dataset: {report['dataset']} (features {report['features_version']}); test = the period after training.",
+        "",
+        "| comparison | result | published |",
+        "|---|---|---|",
+    ]
+    s, f = arch["split"], arch["fully_connected"]
+    lines.append(
+        f"| 1. split vs fully connected | log loss {s['test']['log_loss']:.4f} vs {f['test']['log_loss']:.4f} "
+        f"({arch['log_loss_change_pct']:+.2f}%), AUC {s['test']['auc']:.4f} vs {f['test']['auc']:.4f}, "
+        f"train time {s['train_time_s']:.1f} s vs {f['train_time_s']:.1f} s ({arch['train_time_change_pct']:+.0f}%) "
+        "| better quality, ~22% less training time |"
+    )
+    periods = report["warm_vs_cold"]["periods"]
+    w20 = [p["warm_20_vs_cold_log_loss_pct"] for p in periods]
+    lines.append(
+        "| 2. warm start on 20% vs cold on 100% of a new period | log loss change per period "
+        + ", ".join(f"{v:+.2f}%" for v in w20)
+        + " | same or better |"
+    )
+    warm = [p["warm_100"]["test"]["log_loss"] for p in periods]
+    cold = [p["cold_100"]["test"]["log_loss"] for p in periods]
+    lines.append(
+        "| 3. repeated warm start vs cold each period | warm "
+        + " → ".join(f"{v:.4f}" for v in warm)
+        + "; cold "
+        + " → ".join(f"{v:.4f}" for v in cold)
+        + "; warm vs cold "
+        + ", ".join(f"{p['warm_vs_cold_log_loss_pct']:+.2f}%" for p in periods)
+        + " (absolute values move with each test day's base rate) | continued improvement |"
+    )
+    tuned = [p["tuned_warm_vs_cold_log_loss_pct"] for p in periods]
+    lines.append(
+        "| 4. tuned warm vs cold, relative log loss | "
+        + ", ".join(f"{v:+.2f}%" for v in tuned)
+        + f" (mean {np.mean(tuned):+.2f}%) | 0.4% better |"
+    )
+    if "export" in report:
+        for group, e in report["export"].items():
+            lines.append(
+                f"| export {group} ({e['rows']:,} rows) | whole Spark job {e['spark_rows_per_s']:,.0f} rows/s "
+                f"(incl. point-in-time features), its mapInPandas inference stage alone "
+                f"{e['spark_inference_rows_per_s']:,.0f} rows/s, plain torch loop {e['torch_loop_rows_per_s']:,.0f} "
+                f"rows/s: ratios {e['spark_over_torch_ratio']:.4f} (job) / {e['spark_inference_over_torch_ratio']:.3f} "
+                "(inference) | — |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--config", default="conf/local.yaml" if os.path.exists("conf/local.yaml") else None)
+    parser.add_argument("--set", dest="overrides", action="append", default=[])
+    parser.add_argument("--base-days", type=int, default=3, help="days that train the initial model")
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--skip-export", action="store_true")
+    parser.add_argument(
+        "--export-only", action="store_true", help="only re-measure export throughput into an existing report"
+    )
+    parser.add_argument("--out", default="reports")
+    args = parser.parse_args(argv)
+    config = load_config(args.config, args.overrides)
+    started = time.perf_counter()
+    if args.export_only:
+        with open(os.path.join(args.out, "ranker.json")) as f:
+            report = json.load(f)
+        report["export"] = export_throughput(config)
+        return _write(report, args.out)
+    rows, features_version = load_rows(config)
+    ranker = config.ranker.model_copy(
+        update={
+            "training": TrainingConfig(epochs=args.epochs, early_stopping_patience_epochs=1),
+            "calibration": False,
+        }
+    )
+    trainer = Trainer(ranker, seed=0)
+    day = (rows["ts_us"] - rows["ts_us"].min()) // MICROS_PER_DAY
+    days = sorted(day.unique())
+    if len(days) < args.base_days + 3:
+        raise ValueError(f"need at least {args.base_days + 3} days of impressions, got {len(days)}")
+    base = rows[day < days[args.base_days]]
+    periods = [rows[day == d] for d in days[args.base_days :]]
+    print(
+        f"{len(rows):,} rows over {len(days)} days: base {len(base):,}, periods {[len(p) for p in periods]}"
+    )
+
+    # 1. Same examples for both architectures: everything before the last day, tested on the last day.
+    arch = compare_architectures(trainer, rows[day < days[-1]], periods[-1])
+    print(f"architectures: {json.dumps({k: v for k, v in arch.items() if k.endswith('pct')})}")
+    lr = ranker.training.learning_rate
+    warm_cold = warm_vs_cold(trainer, periods, base, [lr, lr / 4])
+    report = {
+        "dataset": config.data.path,
+        "features_version": features_version,
+        "rows": len(rows),
+        "days": len(days),
+        "epochs": args.epochs,
+        "architectures": arch,
+        "warm_vs_cold": warm_cold,
+    }
+    if not args.skip_export:
+        report["export"] = export_throughput(config)
+    report["elapsed_s"] = time.perf_counter() - started
+    return _write(report, args.out)
+
+
+def _write(report: dict, out: str) -> int:
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, "ranker.json"), "w") as f:
+        json.dump(report, f, indent=1)
+    table = markdown(report)
+    with open(os.path.join(out, "ranker.md"), "w") as f:
+        f.write(table)
+    plot(report, os.path.join(out, "ranker.png"))
+    print(table)
+    print(f"bench finished (training part {report['elapsed_s']:.0f} s) -> {out}/ranker.json")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
