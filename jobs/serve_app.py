@@ -128,12 +128,12 @@ def run_query(args: argparse.Namespace, config: NearlineConfig) -> int:
         return _http(config, args.url, "GET", f"/v1/recommend/{args.user_id}", params=params)
     if kind == "rank":
         try:
-            body = {"user_id": int(args.user_id), "post_ids": [int(p) for p in args.post_ids]}
+            rank_body = {"user_id": int(args.user_id), "post_ids": [int(p) for p in args.post_ids]}
         except ValueError:
             raise ValueError(
                 f"rank takes integer ids, got user {args.user_id!r} posts {args.post_ids}"
             ) from None
-        return _http(config, args.url, "POST", "/v1/rank", json=body)
+        return _http(config, args.url, "POST", "/v1/rank", json=rank_body)
     if kind == "neighbors":
         body: dict[str, Any] = {} if args.k is None else {"k": args.k}
         try:

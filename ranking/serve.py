@@ -115,7 +115,7 @@ class _Follower:
         self._version_gauge = metrics.Gauge(
             "nearline_serving_version",
             "1 for each artifact version being served",
-            tag_keys=("artifact", "version"),
+            tag_keys=("artifact", "version"),  # type: ignore[arg-type]  # Ray annotates Tuple[str]
         )
         self._swaps = metrics.Counter("nearline_version_swaps", "Bundles swapped in")
         self._refusals = metrics.Counter("nearline_version_refusals", "Published versions refused")
@@ -174,6 +174,11 @@ class _Follower:
     def _batching_status(self) -> dict[str, Any]:
         return dict(self._batching)
 
+    def _bundle(self) -> Any:
+        bundle = self._holder.current
+        assert bundle is not None  # the constructor fails unless the first load succeeded
+        return bundle
+
     def check_health(self) -> None:
         if self._holder.current is None:
             raise RuntimeError(f"{self._name}: no bundle loaded")
@@ -221,7 +226,7 @@ class IndexDeployment(_Follower):
 
     @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.002)
     async def _candidates_batch(self, queries: list[CandidateQuery]) -> list[Any]:
-        bundle = self._holder.current  # one bundle for the whole batch, even across a swap
+        bundle = self._bundle()  # one bundle for the whole batch, even across a swap
         self._batch_size.observe(len(queries), tags={"method": "candidates"})
         results = bundle.candidates(queries)
         for result in results:
@@ -231,7 +236,7 @@ class IndexDeployment(_Follower):
 
     @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.002)
     async def _neighbors_batch(self, queries: list[NeighborQuery]) -> list[Any]:
-        bundle = self._holder.current
+        bundle = self._bundle()
         self._batch_size.observe(len(queries), tags={"method": "neighbors"})
         return bundle.neighbors(queries)
 
@@ -291,7 +296,7 @@ class RankerDeployment(_Follower):
     def reconfigure(self, user_config: dict) -> None:
         if "score_weights" in user_config:
             weights = {str(k): float(v) for k, v in dict(user_config["score_weights"]).items()}
-            self._holder.current.set_score_weights(weights)  # raises ValueError on unknown tasks
+            self._bundle().set_score_weights(weights)  # raises ValueError on unknown tasks
             self._score_weights = weights
         self._apply_user_config(user_config, [self._rank_batch])
 
@@ -300,7 +305,7 @@ class RankerDeployment(_Follower):
 
     @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.002)
     async def _rank_batch(self, queries: list[RankQuery]) -> list[Any]:
-        bundle = self._holder.current
+        bundle = self._bundle()
         self._batch_size.observe(len(queries), tags={"method": "rank"})
         return [(result, bundle.tasks) for result in bundle.rank(queries)]
 
@@ -347,13 +352,17 @@ class Ingress:
             "nearline_request_latency_ms",
             "HTTP request latency",
             boundaries=LATENCY_BOUNDARIES_MS,
-            tag_keys=("route", "status"),
+            tag_keys=("route", "status"),  # type: ignore[arg-type]
         )
-        self._requests = metrics.Counter("nearline_requests", "HTTP requests", tag_keys=("route", "status"))
+        self._requests = metrics.Counter(
+            "nearline_requests",
+            "HTTP requests",
+            tag_keys=("route", "status"),  # type: ignore[arg-type]
+        )
 
     # ---- handle API (in-cluster callers); HTTP routes use the same methods
     async def candidates(
-        self, user_id: int, k: int | None = None, sources: tuple[str, ...] = SOURCES
+        self, user_id: int, k: int | str | None = None, sources: tuple[str, ...] = SOURCES
     ) -> list[dict]:
         k = parse_k(k, self._config.default_k, self._config.max_k)
         return await self._index.candidates.remote(user_id, k, tuple(sources))
@@ -372,7 +381,7 @@ class Ingress:
         return await self._ranker.rank.remote(query.user_id, query.post_ids.tolist())
 
     async def recommend(
-        self, user_id: int, k: int | None = None, num_candidates: int | None = None
+        self, user_id: int, k: int | str | None = None, num_candidates: int | str | None = None
     ) -> list[dict]:
         k = parse_k(k, self._config.recommend_top_k, self._config.max_k)
         num_candidates = parse_k(
@@ -439,7 +448,7 @@ class Ingress:
             items = await self.candidates(
                 parse_user_id(user_param), params.get("k"), parse_sources(params.get("sources"))
             )
-            return {"user_id": int(user_param), "candidates": items}
+            return {"user_id": parse_user_id(user_param), "candidates": items}
         if route == "recommend":
             user_id = parse_user_id(user_param)
             items = await self.recommend(user_id, params.get("k"), params.get("candidates"))
@@ -451,11 +460,9 @@ class Ingress:
             return {"neighbors": await self._index.neighbors.remote(query.k, vector, query.post_id)}
         if route == "rank":
             body = parse_json_object(await request.body())
-            query = validate_rank(body, self._config)
-            return {
-                "user_id": query.user_id,
-                "scores": await self.rank(query.user_id, query.post_ids.tolist()),
-            }
+            rank_query = validate_rank(body, self._config)
+            scores = await self.rank(rank_query.user_id, rank_query.post_ids.tolist())
+            return {"user_id": rank_query.user_id, "scores": scores}
         if route == "versions":
             return await self.versions()
         if route == "healthz":
@@ -499,7 +506,7 @@ def build_app_from_spec(spec: AppSpec, user_config: dict[str, Any] | None = None
     spec_dict = spec.model_dump(mode="json")
     common = {"num_replicas": cfg.num_replicas, "max_ongoing_requests": cfg.max_ongoing_requests}
     index_user_config = {k: v for k, v in (user_config or {}).items() if k != "score_weights"}
-    index = IndexDeployment.options(
+    index = IndexDeployment.options(  # type: ignore[attr-defined]
         ray_actor_options={
             "num_cpus": cfg.index_num_cpus,
             "num_gpus": cfg.index_num_gpus,
@@ -509,12 +516,13 @@ def build_app_from_spec(spec: AppSpec, user_config: dict[str, Any] | None = None
         user_config=index_user_config or None,
         **common,
     ).bind(spec_dict)
-    ranker = RankerDeployment.options(
+    ranker = RankerDeployment.options(  # type: ignore[attr-defined]
         ray_actor_options={"num_cpus": cfg.ranker_num_cpus}, user_config=user_config or None, **common
     ).bind(spec_dict)
-    return Ingress.options(ray_actor_options={"num_cpus": cfg.ingress_num_cpus}, **common).bind(
-        index, ranker, cfg.model_dump(mode="json")
+    ingress = Ingress.options(  # type: ignore[attr-defined]
+        ray_actor_options={"num_cpus": cfg.ingress_num_cpus}, **common
     )
+    return ingress.bind(index, ranker, cfg.model_dump(mode="json"))
 
 
 def build_app(args: dict[str, Any]):

@@ -52,6 +52,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from ranking.model import SplitRanker
 from ranking.scorer import RankerScorer
 from ranking.serve_config import ServeConfig
 from ranking.training import load_ranker
@@ -636,6 +637,7 @@ class IndexBundle:
                 vectors.append(q.vector)
                 exclusions.append(np.zeros(0, np.int64))
             else:
+                assert q.post_id is not None  # NeighborQuery holds a vector or a post id
                 vector = self.post_vectors.get(int(q.post_id))
                 if vector is None:
                     results[i] = not_found(f"unknown post_id {q.post_id}")
@@ -871,7 +873,9 @@ class RankerBundle:
             "probabilities" float64 (P, T)}, or its RequestError (unknown user or posts).
         """
         results: list[dict[str, np.ndarray] | RequestError | None] = [None] * len(queries)
-        rows, users, spans = [], [], []
+        rows: list[np.ndarray] = []
+        users: list[np.ndarray] = []
+        spans: list[tuple[int, int, int]] = []
         for i, q in enumerate(queries):
             if not self.is_known_user(q.user_id):
                 results[i] = not_found(f"unknown user_id {q.user_id}")
@@ -971,6 +975,11 @@ def load_ranker_bundle(
         loaded = load_ranker(ranker.path)
     except (ValueError, RuntimeError, OSError, KeyError) as exc:
         raise BundleLoadError(f"models/ranker {ranker.version}: cannot load: {exc}") from None
+    if not isinstance(loaded.model, SplitRanker):
+        raise BundleLoadError(
+            f"models/ranker {ranker.version}: a {type(loaded.model).__name__} cannot serve precomputed vectors; "
+            "serving needs the split architecture"
+        )
     users = read_vector_table(user.path, "user_id")
     pairs = read_table(user_author.path, ["user_id", "author_id", "vector"])
     pair_vectors = _vectors_from_arrow(pairs.column("vector"), user_author.path)
