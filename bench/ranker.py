@@ -2,7 +2,7 @@
 
 Reads:  store features/ranking/<current> (built with `nearline features` first if missing) and,
         for the export measurement, the current ranker (trained here if missing).
-Writes: reports/ranker.json, reports/ranker.md (README-ready table), reports/ranker.png.
+Writes: reports/ranker.json, reports/ranker.md (README-ready tables), reports/ranker_<dataset>.png.
 
 Comparisons, all on the same rows and the same test periods:
 1. split vs fully-connected architecture: test log loss, AUC, training time.
@@ -278,10 +278,12 @@ def plot(report: dict, path: str) -> None:
     plt.close(fig)
 
 
-def markdown(report: dict) -> str:
+def dataset_markdown(name: str, report: dict) -> str:
+    """README-ready table of comparisons 1-4 on one dataset."""
     arch = report["architectures"]
     lines = [
-        f"Dataset: {report['dataset']} (features {report['features_version']}); test = the period after training.",
+        f"**{name}** ({report['dataset']}, {report['rows']:,} rows, periods by {report['period_mode']}; "
+        "each model is tested on the period after its training period)",
         "",
         "| comparison | result | published |",
         "|---|---|---|",
@@ -317,16 +319,76 @@ def markdown(report: dict) -> str:
         + ", ".join(f"{v:+.2f}%" for v in tuned)
         + f" (mean {np.mean(tuned):+.2f}%) | 0.4% better |"
     )
+    return "\n".join(lines) + "\n"
+
+
+def markdown(report: dict) -> str:
+    """All datasets' tables plus the export throughput table."""
+    parts = [dataset_markdown(name, ds) for name, ds in report["datasets"].items()]
     if "export" in report:
+        lines = [
+            f"Export throughput ({report['export']['dataset']} dataset):",
+            "",
+            "| job | result |",
+            "|---|---|",
+        ]
         for group, e in report["export"].items():
+            if group == "dataset":
+                continue
             lines.append(
                 f"| export {group} ({e['rows']:,} rows) | whole Spark job {e['spark_rows_per_s']:,.0f} rows/s "
                 f"(incl. point-in-time features), its mapInPandas inference stage alone "
                 f"{e['spark_inference_rows_per_s']:,.0f} rows/s, plain torch loop {e['torch_loop_rows_per_s']:,.0f} "
                 f"rows/s: ratios {e['spark_over_torch_ratio']:.4f} (job) / {e['spark_inference_over_torch_ratio']:.3f} "
-                "(inference) | — |"
+                "(inference) |"
             )
-    return "\n".join(lines) + "\n"
+        parts.append("\n".join(lines) + "\n")
+    return "\n".join(parts)
+
+
+def periods_of(rows: pd.DataFrame, mode: str, base_days: int, num_periods: int) -> tuple[pd.DataFrame, list]:
+    """(base rows, consecutive periods): whole days, or equal-count time chunks after the first 40%."""
+    if mode == "day":
+        day = (rows["ts_us"] - rows["ts_us"].min()) // MICROS_PER_DAY
+        days = sorted(day.unique())
+        if len(days) < base_days + 3:
+            raise ValueError(f"need at least {base_days + 3} days of impressions, got {len(days)}")
+        return rows[day < days[base_days]], [rows[day == d] for d in days[base_days:]]
+    cut = int(len(rows) * 0.4)
+    chunks = np.array_split(np.arange(cut, len(rows)), num_periods)
+    return rows.iloc[:cut], [rows.iloc[c] for c in chunks]
+
+
+def bench_dataset(config: NearlineConfig, args: argparse.Namespace, mode: str) -> dict:
+    """Comparisons 1-4 on one dataset."""
+    started = time.perf_counter()
+    rows, features_version = load_rows(config)
+    if args.max_rows and len(rows) > args.max_rows:
+        keep = np.sort(np.random.default_rng(0).permutation(len(rows))[: args.max_rows])
+        rows = rows.iloc[keep].reset_index(drop=True)
+    ranker = config.ranker.model_copy(
+        update={
+            "training": TrainingConfig(epochs=args.epochs, early_stopping_patience_epochs=1),
+            "calibration": False,
+        }
+    )
+    trainer = Trainer(ranker, seed=0)
+    base, periods = periods_of(rows, mode, args.base_days, args.num_periods)
+    print(f"{config.data.path}: {len(rows):,} rows; base {len(base):,}, periods {[len(p) for p in periods]}")
+    # 1. Same examples for both architectures: everything before the last period, tested on it.
+    arch = compare_architectures(trainer, rows.iloc[: len(rows) - len(periods[-1])], periods[-1])
+    print(f"architectures: {json.dumps({k: v for k, v in arch.items() if k.endswith('pct')})}")
+    lr = ranker.training.learning_rate
+    return {
+        "dataset": config.data.path,
+        "features_version": features_version,
+        "rows": len(rows),
+        "period_mode": mode,
+        "epochs": args.epochs,
+        "architectures": arch,
+        "warm_vs_cold": warm_vs_cold(trainer, periods, base, [lr, lr / 4]),
+        "elapsed_s": time.perf_counter() - started,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -335,56 +397,45 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--config", default="conf/local.yaml" if os.path.exists("conf/local.yaml") else None)
     parser.add_argument("--set", dest="overrides", action="append", default=[])
-    parser.add_argument("--base-days", type=int, default=3, help="days that train the initial model")
+    parser.add_argument(
+        "--dataset",
+        action="append",
+        default=[],
+        metavar="NAME=DATA_PATH,STORE_ROOT[,day|count]",
+        help="dataset to bench (repeatable; default: the config's data.path and store.root, by day)",
+    )
+    parser.add_argument(
+        "--base-days", type=int, default=3, help="day mode: days that train the initial model"
+    )
+    parser.add_argument("--num-periods", type=int, default=4, help="count mode: periods after the first 40%%")
+    parser.add_argument(
+        "--max-rows", type=int, default=200_000, help="uniform row sample per dataset (0 = all)"
+    )
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--skip-export", action="store_true")
-    parser.add_argument(
-        "--export-only", action="store_true", help="only re-measure export throughput into an existing report"
-    )
+    parser.add_argument("--merge", action="store_true", help="update datasets in an existing report")
     parser.add_argument("--out", default="reports")
     args = parser.parse_args(argv)
     config = load_config(args.config, args.overrides)
-    started = time.perf_counter()
-    if args.export_only:
+    datasets = []
+    for spec in args.dataset:
+        name, _, rest = spec.partition("=")
+        parts = rest.split(",")
+        if not name or len(parts) not in (2, 3) or (len(parts) == 3 and parts[2] not in ("day", "count")):
+            raise ValueError(f"--dataset {spec!r}: expected NAME=DATA_PATH,STORE_ROOT[,day|count]")
+        overrides = [*args.overrides, f"data.path={parts[0]}", f"store.root={parts[1]}"]
+        datasets.append((name, load_config(args.config, overrides), parts[2] if len(parts) == 3 else "day"))
+    if not datasets:
+        datasets.append(("generated", config, "day"))
+    report: dict = {"datasets": {}}
+    if args.merge and os.path.exists(os.path.join(args.out, "ranker.json")):
         with open(os.path.join(args.out, "ranker.json")) as f:
             report = json.load(f)
-        report["export"] = export_throughput(config)
-        return _write(report, args.out)
-    rows, features_version = load_rows(config)
-    ranker = config.ranker.model_copy(
-        update={
-            "training": TrainingConfig(epochs=args.epochs, early_stopping_patience_epochs=1),
-            "calibration": False,
-        }
-    )
-    trainer = Trainer(ranker, seed=0)
-    day = (rows["ts_us"] - rows["ts_us"].min()) // MICROS_PER_DAY
-    days = sorted(day.unique())
-    if len(days) < args.base_days + 3:
-        raise ValueError(f"need at least {args.base_days + 3} days of impressions, got {len(days)}")
-    base = rows[day < days[args.base_days]]
-    periods = [rows[day == d] for d in days[args.base_days :]]
-    print(
-        f"{len(rows):,} rows over {len(days)} days: base {len(base):,}, periods {[len(p) for p in periods]}"
-    )
-
-    # 1. Same examples for both architectures: everything before the last day, tested on the last day.
-    arch = compare_architectures(trainer, rows[day < days[-1]], periods[-1])
-    print(f"architectures: {json.dumps({k: v for k, v in arch.items() if k.endswith('pct')})}")
-    lr = ranker.training.learning_rate
-    warm_cold = warm_vs_cold(trainer, periods, base, [lr, lr / 4])
-    report = {
-        "dataset": config.data.path,
-        "features_version": features_version,
-        "rows": len(rows),
-        "days": len(days),
-        "epochs": args.epochs,
-        "architectures": arch,
-        "warm_vs_cold": warm_cold,
-    }
+    for name, dataset_config, mode in datasets:
+        report["datasets"][name] = bench_dataset(dataset_config, args, mode)
     if not args.skip_export:
-        report["export"] = export_throughput(config)
-    report["elapsed_s"] = time.perf_counter() - started
+        report["export"] = export_throughput(datasets[0][1])
+        report["export"]["dataset"] = datasets[0][0]
     return _write(report, args.out)
 
 
@@ -395,9 +446,10 @@ def _write(report: dict, out: str) -> int:
     table = markdown(report)
     with open(os.path.join(out, "ranker.md"), "w") as f:
         f.write(table)
-    plot(report, os.path.join(out, "ranker.png"))
+    for name, dataset in report["datasets"].items():
+        plot(dataset, os.path.join(out, f"ranker_{name}.png"))
     print(table)
-    print(f"bench finished (training part {report['elapsed_s']:.0f} s) -> {out}/ranker.json")
+    print(f"bench finished -> {out}/ranker.json, ranker.md, ranker_<dataset>.png")
     return 0
 
 
