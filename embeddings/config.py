@@ -70,7 +70,11 @@ class ContentModelConfig(BaseModel):
     val_fraction: float = Field(
         0.1, gt=0.0, lt=0.5, description="Validation share held out when the training data has no val split."
     )
-    num_threads: PositiveInt = Field(2, description="torch CPU threads for training and encoding.")
+    num_threads: PositiveInt = Field(
+        1,
+        description="torch CPU threads for training and encoding. 1 by default: on a shared 2-core machine, "
+        "2 intra-op threads made a BiLSTM step ~10x slower (threads spin at barriers); use more on idle cores.",
+    )
 
     # --- labels (emoji label extraction)
     num_labels: PositiveInt = Field(64, description="Label set: the N most frequent emojis (DeepMoji: 64).")

@@ -21,6 +21,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -327,3 +328,25 @@ def predict_proba(model: ContentModel, texts: Sequence[str | bytes], batch_size:
         return np.zeros((0, model.num_labels), dtype=np.float32)
     scores = run_model(model, featurize(texts, _require_vocab(model), model.config), batch_size)["scores"]
     return torch.softmax(torch.from_numpy(scores), dim=-1).numpy()
+
+
+def encode_batches(model_dir: str, batches: Iterator[pd.DataFrame], batch_size: int = 512,
+                   device: str | torch.device | None = None) -> Iterator[pd.DataFrame]:
+    """Per-partition export function (for mapInPandas): loads the model once, encodes every batch.
+
+    Args:
+        model_dir: a directory written by :func:`save_content_model`.
+        batches: pandas DataFrames with ``post_id`` (int64) and ``text`` (str; null -> empty post).
+
+    Yields:
+        DataFrames with ``post_id`` int64 and ``vector`` (one float32 array of content_embedding_dim per row).
+    """
+    model = load_content_model(model_dir, device)
+    # A Spark task owns one core; torch's default (all cores) would oversubscribe the executor.
+    torch.set_num_threads(model.config.num_threads)
+    for batch in batches:
+        missing = {"post_id", "text"} - set(batch.columns)
+        if missing:
+            raise ValueError(f"encode_batches: batch lacks column(s) {sorted(missing)}; expected post_id, text")
+        vectors = encode_texts(model, batch["text"].fillna("").tolist(), batch_size=batch_size)
+        yield pd.DataFrame({"post_id": batch["post_id"].to_numpy(dtype=np.int64), "vector": list(vectors)})

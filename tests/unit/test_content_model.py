@@ -113,3 +113,21 @@ def test_saved_config_and_labels_are_readable_json(tmp_path):
 def test_build_rejects_fewer_than_two_labels():
     with pytest.raises(ValueError, match="num_labels=1"):
         build_content_model(tiny_config(), 10, 1)
+
+
+def test_encode_batches_matches_encode_texts_and_keeps_ids(tmp_path):
+    import pandas as pd
+
+    from embeddings.content_encoder import encode_batches
+
+    model, vocab, config = tiny_model()
+    save_content_model(model, vocab, ["a", "b", "c", "d"], config, str(tmp_path))
+    texts = [t for t in TEXTS if isinstance(t, str)]
+    frames = [pd.DataFrame({"post_id": [10, 11], "text": texts[:2]}),
+              pd.DataFrame({"post_id": [12, 13, 14], "text": [*texts[2:4], None]})]
+    out = pd.concat(list(encode_batches(str(tmp_path), iter(frames), device="cpu")))
+    assert out["post_id"].tolist() == [10, 11, 12, 13, 14]
+    expected = encode_texts(model, [*texts[:4], ""])
+    np.testing.assert_allclose(np.stack(out["vector"].to_list()), expected, atol=1e-6)
+    with pytest.raises(ValueError, match="lacks column"):
+        list(encode_batches(str(tmp_path), iter([pd.DataFrame({"id": [1]})]), device="cpu"))
