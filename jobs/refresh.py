@@ -89,13 +89,12 @@ class RefreshRun:
     staged: dict[tuple[str, str], str] = field(default_factory=dict)
 
     def previous_versions(self) -> dict[str, str]:
-        """stage key -> version, from earlier successful runs whose versions still exist."""
+        """stage key -> version made by a completed stage of an earlier run (a failed run's finished
+        stages count too: that is how the next refresh resumes where a failure stopped)."""
         found: dict[str, str] = {}
         for record in self.store.runs(limit=50):
-            if record.get("outcome") not in ("success", "unchanged"):
-                continue
             for stage in record.get("stages", []):
-                if stage.get("key") and stage.get("version"):
+                if stage.get("key") and stage.get("version") and stage.get("status") in ("ran", "skipped"):
                     found[stage["key"]] = stage["version"]
         return found
 

@@ -94,10 +94,12 @@ IndexesConfig = dict[str, IndexConfig]
 
 
 def default_index_configs() -> IndexesConfig:
-    """Defaults for the two indexes: post content embeddings (cosine) and user embeddings (inner product)."""
+    """Defaults for the two indexes: post content embeddings and user embeddings, both cosine."""
     return {
         "content": IndexConfig(factory_string="IVF{nlist},Flat", metric="cosine"),
-        "user": IndexConfig(factory_string="IVF{nlist},Flat", metric="ip"),
+        # Cosine: collaborative neighbours are users with similar tastes, whatever their activity level
+        # (vector norm); IVF on raw inner product also loses recall on unnormalised split outputs.
+        "user": IndexConfig(factory_string="IVF{nlist},Flat", metric="cosine"),
     }
 
 
