@@ -36,11 +36,11 @@ lint: $(STAMP)
 	$(BIN)/mypy jobs embeddings retrieval ranking
 
 bench: $(STAMP) check-java
-	$(BIN)/python bench/generate.py
-	$(BIN)/python bench/retrieval.py
-	$(BIN)/python bench/content.py
-	$(BIN)/python bench/ranker.py
-	$(BIN)/python bench/serve.py
+	$(BIN)/python -m bench.generate
+	$(BIN)/python -m bench.retrieval
+	$(BIN)/python -m bench.content
+	$(BIN)/python -m bench.ranker
+	$(BIN)/python -m bench.serve
 
 clean:
 	rm -rf store data build reports/*.tmp .pytest_cache

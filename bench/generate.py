@@ -3,7 +3,7 @@
 One Spark session is shared by all sizes (JVM start-up is reported once, not per
 size); each size runs --repeats times and the median is kept.
 
-    python bench/generate.py [--sizes 1000 10000 50000] [--repeats 3]
+    python -m bench.generate [--sizes 1000 10000 50000] [--repeats 3]
 
 Writes reports/generate.json and reports/generate.png.
 """
