@@ -25,6 +25,7 @@ COMMAND_MODULES = [
     "jobs.export",
     "jobs.refresh",
     "jobs.schedule",
+    "jobs.eval_candidates",
     "jobs.serve_app",
     "jobs.train_content_model",
     "jobs.build_index",
