@@ -6,7 +6,9 @@ Reads:  config.data.path/{users,follows,posts,engagements} (the data contract, P
 Writes: store features/ranking/<version>/data/{train,validation,test}/ (Parquet) + manifest.json.
 
 Labels: for an impression of post p by user u at time t, ``like``/``reply``/``repost`` is 1 when u
-has that event on p at or after t, and ``engage`` is their union.
+has that event on p at or after t, and ``engage`` is their union. A positives-only log (no
+impression events, e.g. Twitter15/16) is rejected unless ``ranker.features.negatives_per_positive``
+> 0, in which case impressions are derived with sampled negatives (``derive_impressions``).
 
 No leakage: every feature of an impression at time t uses only events strictly before t (Spark
 range windows ending at ``t - 1 µs`` over the time-ordered union of the query rows and the events).
@@ -73,6 +75,58 @@ def label_impressions(engagements: DataFrame) -> DataFrame:
     return rows.withColumn("engage", F.greatest(*[F.col(e) for e in ENGAGEMENT_EVENTS])).select(
         "user_id", "post_id", "ts_us", *TASK_COLUMNS
     )
+
+
+def derive_impressions(
+    engagements: DataFrame,
+    posts: DataFrame,
+    negatives_per_positive: int,
+    neighbourhood_rows: int,
+    seed: int = 0,
+) -> DataFrame:
+    """Impression events for a positives-only log (no impressions recorded).
+
+    Each engaged (user, post) is taken as seen 1 µs before its first engagement. For each such
+    positive, ``negatives_per_positive`` posts engaged by someone else within ``neighbourhood_rows``
+    rows of the time-ordered positives are taken as seen (and not engaged) by the user at the same
+    time: posts that were circulating then, rather than arbitrary old posts, so that post age and
+    popularity do not give the label away. Negatives created after that time are dropped.
+
+    Returns:
+        (user_id, post_id, event="impression", ts_us) rows, one per (user, post).
+    """
+    positives = (
+        engagements.where(F.col("event").isin(*ENGAGEMENT_EVENTS))
+        .groupBy("user_id", "post_id")
+        .agg((F.min("ts_us") - 1).alias("ts_us"))
+    )
+    # One global time order; fine for the millions of rows of public positives-only logs.
+    indexed = positives.withColumn(
+        "_row", F.row_number().over(Window.orderBy("ts_us", "user_id", "post_id")) - 1
+    )
+    indexed = indexed.cache()
+    count = indexed.count()
+    span = 2 * neighbourhood_rows + 1
+    offset = F.pmod(F.xxhash64("user_id", "_row", "_i", F.lit(seed)), F.lit(span)) - neighbourhood_rows
+    candidates = indexed.select(
+        "user_id", "ts_us", "_row", F.explode(F.sequence(F.lit(1), F.lit(negatives_per_positive))).alias("_i")
+    ).select(
+        "user_id",
+        "ts_us",
+        F.least(F.greatest(F.col("_row") + offset, F.lit(0)), F.lit(count - 1)).alias("_src"),
+    )
+    negatives = (
+        candidates.join(indexed.select(F.col("_row").alias("_src"), "post_id"), on="_src", how="inner")
+        .join(
+            posts.select("post_id", F.unix_micros("created_at").alias("_created_us")),
+            on="post_id",
+            how="inner",
+        )
+        .where(F.col("_created_us") < F.col("ts_us"))
+        .select("user_id", "post_id", "ts_us")
+    )
+    shown = positives.unionByName(negatives).groupBy("user_id", "post_id").agg(F.min("ts_us").alias("ts_us"))
+    return shown.select("user_id", "post_id", F.lit("impression").alias("event"), "ts_us")
 
 
 def with_prior_aggregates(
@@ -321,6 +375,21 @@ def run(spark: SparkSession, config: NearlineConfig, content_version: str | None
     if features_config.use_content_embeddings:
         content, content_version = read_content_embeddings(spark, store, content_version)
     impressions = tables["engagements"].where(F.col("event") == "impression")
+    derived_impressions = impressions.limit(1).count() == 0
+    if derived_impressions:
+        if features_config.negatives_per_positive == 0:
+            raise ValueError(
+                f"{config.data.path}/engagements has no impression events (a positives-only log): set "
+                "ranker.features.negatives_per_positive > 0 to derive impressions with sampled negatives"
+            )
+        derived = derive_impressions(
+            tables["engagements"],
+            tables["posts"],
+            features_config.negatives_per_positive,
+            features_config.negative_neighbourhood_rows,
+        )
+        tables["engagements"] = tables["engagements"].unionByName(derived).cache()
+        impressions = tables["engagements"].where(F.col("event") == "impression")
     validation_start, test_start = split_boundaries(
         impressions, features_config.validation_fraction, features_config.test_fraction
     )
@@ -332,6 +401,8 @@ def run(spark: SparkSession, config: NearlineConfig, content_version: str | None
         "test_start_us": test_start,
         "windows_days": list(WINDOWS_DAYS),
         "tasks": list(TASK_COLUMNS),
+        "derived_impressions": derived_impressions,
+        "negatives_per_positive": features_config.negatives_per_positive if derived_impressions else None,
     }
     try:
         with store.stage("features", "ranking", manifest=manifest) as staged:

@@ -139,6 +139,16 @@ class RankingFeaturesConfig(BaseModel):
     use_content_embeddings: bool = Field(
         True, description="Join the current content embedding version (when the store has one)."
     )
+    negatives_per_positive: int = Field(
+        0,
+        ge=0,
+        description="Only for logs without impression events (positives-only, e.g. Twitter15/16): derive "
+        "impressions from each engaged (user, post) plus this many sampled negatives per positive. "
+        "0 = such logs are rejected.",
+    )
+    negative_neighbourhood_rows: int = Field(
+        1000, ge=1, description="Negatives are posts engaged by others within this many log rows in time."
+    )
 
 
 class RankerConfig(BaseModel):

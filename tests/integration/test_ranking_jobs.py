@@ -99,3 +99,24 @@ def test_train_cold_then_warm_and_export(spark, features, ranking_config):
     exported = set(zip(pair_table.user_id, pair_table.author_id, strict=True))
     assert set(zip(follows.follower_id, follows.followee_id, strict=True)) <= exported
     assert users["model_version"] == warm["version"]
+
+
+def test_derived_impressions_for_a_positives_only_log(spark):
+    us = 1_000_000
+    posts = spark.createDataFrame(
+        [(p, 100 + p % 3, p * us) for p in range(1, 41)], "post_id long, author_id long, created_us long"
+    ).selectExpr("post_id", "author_id", "timestamp_micros(created_us) as created_at")
+    rows = [(u, p, "repost", (p + 1) * us + u) for p in range(1, 41) for u in range(1, 6) if (u + p) % 2 == 0]
+    rows.append((1, 3, "reply", 500 * us))  # a second, later event: the impression precedes the first one
+    engagements = spark.createDataFrame(rows, "user_id long, post_id long, event string, ts_us long")
+    derived = build_ranking_features.derive_impressions(engagements, posts, 2, 5).toPandas()
+    assert (derived.event == "impression").all()
+    assert not derived.duplicated(["user_id", "post_id"]).any()
+    first = engagements.groupBy("user_id", "post_id").min("ts_us").toPandas()
+    merged = first.merge(derived, on=["user_id", "post_id"], how="left")
+    assert (merged["ts_us"] == merged["min(ts_us)"] - 1).all()
+    negatives = derived.merge(first, on=["user_id", "post_id"], how="left", indicator=True)
+    negatives = negatives[negatives["_merge"] == "left_only"]
+    assert 0 < len(negatives) <= 2 * len(first)
+    created = {p: p * us for p in range(1, 41)}
+    assert all(created[p] < t for p, t in zip(negatives.post_id, negatives.ts_us, strict=True))
