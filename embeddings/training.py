@@ -122,7 +122,10 @@ def tune_mixture(deep_logits: np.ndarray, wide_logits: np.ndarray | None, y_true
             b = tune_logit_bias(scores[fit], y_true[fit])
             cross.append(macro_f1(y_true[held], (scores[held] + b).argmax(1), num_labels))
         report["val_macro_f1_bias_crossfit"] = float(np.mean(cross))
-        bias = tune_logit_bias(scores, y_true)
+        # Keep the bias only when it also helps examples it was not fitted on; otherwise it is noise.
+        report["bias_applied"] = report["val_macro_f1_bias_crossfit"] > report["val_macro_f1_unbiased"]
+        if report["bias_applied"]:
+            bias = tune_logit_bias(scores, y_true)
     report["val_macro_f1_tuned"] = macro_f1(y_true, (scores + bias).argmax(1), num_labels)
     return wide_weight, bias, report
 
@@ -283,11 +286,7 @@ def train_content_model(
                 break
     assert best_state is not None
     model.load_state_dict(best_state)
-    out = run_model(model, val_features)
-    wide_logits = out["wide_logits"] if config.wide_enabled else None
-    wide_weight, bias, tuning = tune_mixture(out["deep_logits"], wide_logits, val_labels, config.tune_logit_bias)
-    model.wide_weight.fill_(wide_weight)
-    model.logit_bias.copy_(torch.from_numpy(bias))
+    tuning = calibrate_content_model(model, val_features, val_labels)
     final = classification_metrics(val_labels, run_model(model, val_features)["scores"])
     train_s = time.perf_counter() - started
     # CPU seconds / threads estimates the wall time on an otherwise idle machine (the dev box is shared).
@@ -297,12 +296,24 @@ def train_content_model(
                "cpu_s": round(cpu_s, 1), "threads": config.num_threads,
                "device": str(dev), "num_train": len(train_texts), "num_val": len(val_texts),
                "vocab_words": len(vocab), "num_labels": num_labels}
+    os.makedirs(run_dir, exist_ok=True)
     with open(os.path.join(run_dir, "metrics.json"), "w") as f:
         json.dump(metrics, f, indent=2)
     _save_curve(history, os.path.join(run_dir, "training_curve.png"))
     tqdm.write(f"trained {len(history)} epochs in {train_s:.0f}s; best epoch {best_epoch}; "
                f"val macro-F1 {final['macro_f1']:.4f} (cross-fitted {tuning.get('val_macro_f1_bias_crossfit', 0):.4f})")
     return TrainResult(model.eval(), metrics)
+
+
+def calibrate_content_model(model: ContentModel, val_features: TextFeatures, val_labels: np.ndarray) -> dict:
+    """Fit the wide/deep mixing weight and the per-class logit bias on validation (in place)."""
+    out = run_model(model, val_features)
+    wide_logits = out["wide_logits"] if model.config.wide_enabled else None
+    wide_weight, bias, report = tune_mixture(out["deep_logits"], wide_logits, val_labels,
+                                             model.config.tune_logit_bias)
+    model.wide_weight.fill_(wide_weight)
+    model.logit_bias.copy_(torch.from_numpy(bias).to(model.logit_bias.device))
+    return report
 
 
 def _bucketed_order(lengths: np.ndarray, batch_size: int, rng: np.random.Generator) -> np.ndarray:
