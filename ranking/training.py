@@ -117,6 +117,7 @@ class TrainResult:
     history: list[dict]
     best_epoch: int
     train_time_s: float
+    train_cpu_s: float
     calibration: Calibration | None = None
     warm_start_report: WarmStartReport | None = None
     metrics: dict = field(default_factory=dict)
@@ -175,7 +176,7 @@ def train_ranker(
     labels = torch.from_numpy(train.labels)
     history: list[dict] = []
     best_loss, best_epoch, best_state = math.inf, -1, copy.deepcopy(model.state_dict())
-    started = time.perf_counter()
+    started, started_cpu = time.perf_counter(), time.process_time()
     for epoch in range(tc.epochs):
         model.train()
         order = rng.permutation(len(train))
@@ -216,7 +217,8 @@ def train_ranker(
             )
         elif epoch + 1 - best_epoch >= tc.early_stopping_patience_epochs:
             break
-    train_time_s = time.perf_counter() - started
+    # CPU time of this process is the fairer cost on a shared machine, where wall time swings with load.
+    train_time_s, train_cpu_s = time.perf_counter() - started, time.process_time() - started_cpu
     model.load_state_dict(best_state)
     model.eval()
     calibration = None
@@ -225,7 +227,7 @@ def train_ranker(
     metrics = {"val": evaluate(model, val, config.tasks, calibration), "best_epoch": best_epoch}
     if curves_path:
         plot_curves(history, curves_path)
-    return TrainResult(model, history, best_epoch, train_time_s, calibration, report, metrics)
+    return TrainResult(model, history, best_epoch, train_time_s, train_cpu_s, calibration, report, metrics)
 
 
 def plot_curves(history: list[dict], path: str) -> None:
