@@ -184,9 +184,11 @@ def run_refresh(config: NearlineConfig, spark=None) -> dict[str, Any]:  # noqa: 
             lambda: _versioned(build_ranking_features.run(spark, config, content_version=content)),
         )
         parent = store.current("models", "ranker")
+        # The parent is not part of the key: re-running on the same features must not warm-start
+        # a new ranker from the one the previous run produced from those very features.
         ranker = run.stage(
             "ranker", ("models", "ranker"),
-            stage_key("ranker", features, parent, config_hash(config.ranker)),
+            stage_key("ranker", features, config_hash(config.ranker)),
             lambda: _manifest(train_ranker.run(config, parent or "none", config.refresh.ranker_sample_fraction,
                                                publish=False, features_version=features)),
         )
