@@ -310,9 +310,10 @@ class RankerDeployment(_Follower):
         return [(result, bundle.tasks) for result in bundle.rank(queries)]
 
     async def _ranked(
-        self, user_id: int, post_ids: list[int]
+        self, user_id: int, post_ids: list[int], skip_unknown_posts: bool = False
     ) -> tuple[dict[str, np.ndarray], tuple[str, ...]]:
-        result, tasks = await self._rank_batch(RankQuery(int(user_id), np.asarray(post_ids, dtype=np.int64)))
+        query = RankQuery(int(user_id), np.asarray(post_ids, dtype=np.int64), skip_unknown_posts)
+        result, tasks = await self._rank_batch(query)
         return _raise_error(result), tasks
 
     async def rank(self, user_id: int, post_ids: list[int]) -> list[dict]:
@@ -325,8 +326,9 @@ class RankerDeployment(_Follower):
         return rank_response(result, tasks)
 
     async def rank_scores(self, user_id: int, post_ids: list[int]) -> list[float]:
-        """Only the weighted scores, in post order (what recommend needs; far less to serialise)."""
-        result, _ = await self._ranked(user_id, post_ids)
+        """Only the weighted scores, in post order (what recommend needs; far less to serialise).
+        Posts this ranker version does not know yet score -inf (see RankQuery.skip_unknown_posts)."""
+        result, _ = await self._ranked(user_id, post_ids, skip_unknown_posts=True)
         return result["score"].tolist()
 
 

@@ -200,10 +200,16 @@ class CandidateQuery:
 
 @dataclass(frozen=True)
 class RankQuery:
-    """One ranking query (validated)."""
+    """One ranking query (validated).
+
+    skip_unknown_posts: score posts the ranker's post table lacks as -inf instead of failing the
+    query. Recommend sets it: during a hot swap the index side may already serve a newer post set
+    than the ranker side, and a candidate the ranker cannot score is dropped, not an error.
+    """
 
     user_id: int
     post_ids: np.ndarray
+    skip_unknown_posts: bool = False
 
 
 def validate_neighbors(body: Mapping[str, Any], config: ServeConfig) -> NeighborQuery:
@@ -876,16 +882,19 @@ class RankerBundle:
         rows: list[np.ndarray] = []
         users: list[np.ndarray] = []
         spans: list[tuple[int, int, int]] = []
+        found_masks: dict[int, np.ndarray] = {}
         for i, q in enumerate(queries):
             if not self.is_known_user(q.user_id):
                 results[i] = not_found(f"unknown user_id {q.user_id}")
                 continue
             found, pos = self.posts.rows(q.post_ids)
-            if not found.all():
+            if not found.all() and not q.skip_unknown_posts:
                 missing = q.post_ids[~found][:10].tolist()
                 results[i] = not_found(f"unknown post_id(s) {missing}")
                 continue
+            pos = pos[found]
             spans.append((i, sum(len(r) for r in rows), len(pos)))
+            found_masks[i] = found
             rows.append(pos)
             users.append(np.full(len(pos), q.user_id, dtype=np.int64))
         if rows:
@@ -908,10 +917,15 @@ class RankerBundle:
                 probabilities = np.zeros((0, len(self.tasks)))
             scores = probabilities @ self.task_weights
             for i, start, n in spans:
+                found = found_masks[i]
+                score = np.full(len(found), -np.inf)
+                score[found] = scores[start : start + n]
+                query_probabilities = np.full((len(found), len(self.tasks)), np.nan)
+                query_probabilities[found] = probabilities[start : start + n]
                 results[i] = {
                     "post_ids": queries[i].post_ids,
-                    "score": scores[start : start + n],
-                    "probabilities": probabilities[start : start + n],
+                    "score": score,
+                    "probabilities": query_probabilities,
                 }
         return results  # type: ignore[return-value]
 
@@ -1051,7 +1065,10 @@ def select_top(candidates: Sequence[Mapping[str, Any]], scores: np.ndarray, k: i
         scores: float (C,) ranking scores.
         k: items wanted.
     """
-    order = np.argsort(-np.asarray(scores), kind="stable")[:k]
+    scores = np.asarray(scores)
+    order = np.argsort(-scores, kind="stable")[:k]
+    # -inf marks a candidate the ranker could not score (see RankQuery.skip_unknown_posts).
+    order = order[np.isfinite(scores[order])]
     return [
         {
             "post_id": candidates[i]["post_id"],
@@ -1073,7 +1090,7 @@ def recommend(
     if not candidates:
         return []
     ranked = ranker.rank(
-        [RankQuery(user_id, np.asarray([c["post_id"] for c in candidates], dtype=np.int64))]
+        [RankQuery(user_id, np.asarray([c["post_id"] for c in candidates], dtype=np.int64), True)]
     )[0]
     if isinstance(ranked, RequestError):
         raise ranked

@@ -35,6 +35,7 @@ from ranking.serving_state import (
     read_pointers,
     recommend,
     rollback_serving_set,
+    select_top,
     validate_neighbors,
     validate_rank,
 )
@@ -411,3 +412,20 @@ def test_vectors_with_nan_are_refused(store_copy, served):
     store_copy.publish("embeddings", "user_interest", staged.version)
     with pytest.raises(BundleLoadError, match="NaN"):
         _index(store_copy, served["data"])
+
+
+def test_posts_the_ranker_does_not_know_yet_are_dropped_from_recommend_not_an_error(bundles):
+    # Mid hot-swap the index side can serve posts newer than the ranker side's post table.
+    _, ranker = bundles
+    user = int(ranker.known_users[0])
+    known = ranker.posts.post_ids[:3]
+    unknown = np.asarray([10_000_000, 10_000_001], dtype=np.int64)
+    posts = np.concatenate([known.astype(np.int64), unknown])
+    strict = ranker.rank([RankQuery(user, posts)])[0]
+    assert isinstance(strict, RequestError) and strict.status == 404
+    lenient = ranker.rank([RankQuery(user, posts, skip_unknown_posts=True)])[0]
+    assert np.isfinite(lenient["score"][:3]).all() and np.isneginf(lenient["score"][3:]).all()
+    candidates = [{"post_id": int(p), "source": "content", "score": 0.0} for p in posts]
+    top = select_top(candidates, lenient["score"], k=5)
+    assert [item["post_id"] for item in top] and all(item["post_id"] not in unknown for item in top)
+    assert len(top) == 3
