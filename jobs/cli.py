@@ -22,6 +22,7 @@ COMMAND_MODULES = [
     "jobs.submit",
     "jobs.build_ranking_features",
     "jobs.train_ranker",
+    "jobs.train_ranker_distributed",
     "jobs.export",
     "jobs.refresh",
     "jobs.schedule",

@@ -85,7 +85,7 @@ class LoadGenerator:
 def _post_texts(config: NearlineConfig, post_ids: list[int]) -> dict[int, str]:
     posts = ds.dataset(f"{config.data.path}/posts").to_table(
         columns=["post_id", "text"], filter=ds.field("post_id").isin(post_ids))
-    return dict(zip(posts.column("post_id").to_pylist(), posts.column("text").to_pylist()))
+    return dict(zip(posts.column("post_id").to_pylist(), posts.column("text").to_pylist(), strict=True))
 
 
 def _show_user(client: httpx.Client, config: NearlineConfig, user_id: int) -> None:
@@ -100,6 +100,12 @@ def _show_user(client: httpx.Client, config: NearlineConfig, user_id: int) -> No
         score = item.get("score", item.get("scores", {}))
         print(f"   post {item['post_id']:>6}  p(engage)={score if not isinstance(score, float) else round(score, 3)}"
               f"  {texts.get(item['post_id'], '')[:70]}")
+
+
+def _flat_versions(serving: dict[str, Any]) -> dict[str, str]:
+    """{kind: {name: {version, ...}}} from /v1/versions -> {"kind/name": version}."""
+    return {f"{kind}/{name}": info.get("version") for kind, artifacts in serving.items()
+            for name, info in artifacts.items() if isinstance(info, dict)}
 
 
 def _wait_for_versions(client: httpx.Client, expected: dict[str, str], timeout_s: float) -> dict[str, Any]:
@@ -154,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
         users = ds.dataset(f"{config.data.path}/users").to_table(columns=["user_id"]).column("user_id").to_pylist()
         sample_users = users[:: max(1, len(users) // 50)][:50]
         with httpx.Client(base_url=url, timeout=30) as client:
-            before = client.get("/v1/versions").json().get("serving", {})
+            before = _flat_versions(client.get("/v1/versions").json().get("serving", {}))
             _banner("4. query a few users: candidates, then ranked posts with their text")
             for user_id in sample_users[:3]:
                 _show_user(client, config, user_id)
@@ -167,16 +173,19 @@ def main(argv: list[str] | None = None) -> int:
                 print(render_record(record))
                 if record["outcome"] != "success":
                     return 1
-                after = _wait_for_versions(client, {k: v for k, v in record["published"].items()
-                                                    if k.startswith("indexes/")}, timeout_s=120)
+                after = _flat_versions(_wait_for_versions(
+                    client, {k: v for k, v in record["published"].items() if k.startswith("indexes/")},
+                    timeout_s=120))
                 time.sleep(2)
             _banner("6. versions switched with zero downtime")
             for key in sorted(set(before) | set(after)):
                 if before.get(key) != after.get(key):
                     print(f"  {key:<28} {before.get(key)} -> {after.get(key)}")
             warm = next((s for s in record["stages"] if s["name"] == "ranker"), {})
-            print(f"  ranker warm-started from {before.get('models/ranker') or 'the serving model'}: "
-                  f"{json.dumps(warm.get('details', {}).get('warm_start', {}))[:160]}")
+            report = warm.get("details", {}).get("warm_start") or {}
+            print(f"  ranker warm-started from the serving model {before.get('models/ranker', '')}: "
+                  f"kept {len(report.get('kept', []))} tensors, grown {len(report.get('grown', []))}, "
+                  f"added {len(report.get('added', []))}, dropped {len(report.get('dropped', []))}")
             p50 = statistics.median(load.latencies_ms) if load.latencies_ms else float("nan")
             print(f"  requests during the refresh and switch: {len(load.latencies_ms):,}, "
                   f"failed: {len(load.failures)}, p50 {p50:.1f} ms")

@@ -49,7 +49,7 @@ def read_split(directory: Path, split: str, mapping: dict[int, str]) -> list[tup
     if len(texts) != len(labels):
         raise ValueError(f"{directory}/{split}: {len(texts)} texts but {len(labels)} labels; expected equal counts")
     rows = []
-    for line_number, (text, label) in enumerate(zip(texts, labels), start=1):
+    for line_number, (text, label) in enumerate(zip(texts, labels, strict=True), start=1):
         if not label.strip().isdigit() or int(label) not in mapping:
             raise ValueError(f"{directory}/{split}_labels.txt:{line_number}: unknown label {label!r}, "
                              f"expected one of 0..{max(mapping)}")

@@ -173,7 +173,7 @@ def run_refresh(config: NearlineConfig, spark=None) -> dict[str, Any]:  # noqa: 
             stage_key("content_embeddings", fingerprint, content_model),
             lambda: _versioned(export_content_embeddings.run_content(spark, config, store, content_model, False)),
         )
-        interest = run.stage(
+        run.stage(
             "user_interest", ("embeddings", "user_interest"),
             stage_key("user_interest", fingerprint, content, config_hash(config.user_interest)),
             lambda: _versioned(export_content_embeddings.run_user_interest(spark, config, store, content, False)),

@@ -234,7 +234,7 @@ def generate_follows(config: GenerateConfig, skeleton: Skeleton, block: int) -> 
         topics = rng.choice(interests.shape[0], size=on_topic, p=interests / interests.sum())
         chosen = [
             _sample_weighted(rng, per_topic_ids[t], per_topic_cum[t], c)
-            for t, c in zip(*np.unique(topics, return_counts=True))
+            for t, c in zip(*np.unique(topics, return_counts=True), strict=True)
         ]
         chosen.append(_sample_weighted(rng, all_ids, all_cum, count - on_topic))
         targets = np.unique(np.concatenate(chosen)) if chosen else np.empty(0, dtype=np.int64)
@@ -339,7 +339,7 @@ def generate_engagements(config: GenerateConfig, skeleton: Skeleton, block: int)
                 + (rng.random(has_posts.sum()) * (stops - starts)[has_posts]).astype(np.int64)
             )
         topics = rng.choice(interests.shape[0], size=int((source == 1).sum()), p=interests / interests.sum())
-        for t, c in zip(*np.unique(topics, return_counts=True)):
+        for t, c in zip(*np.unique(topics, return_counts=True), strict=True):
             posts.append(_sample_weighted(rng, topic_posts[t], topic_cums[t], c))
         post_index = np.unique(np.concatenate(posts))
         if post_index.shape[0] == 0:

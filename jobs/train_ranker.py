@@ -17,7 +17,7 @@ import argparse
 import json
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -26,7 +26,7 @@ from jobs.config import NearlineConfig
 from ranking.config import RankerConfig
 from ranking.discretizer import Discretizer, fit_discretizer, quantile_probabilities, recalibrate
 from ranking.examples import RankingExamples, build_examples
-from ranking.training import evaluate, load_parent_state, load_ranker, save_ranker, train_ranker
+from ranking.training import TrainResult, evaluate, load_parent_state, load_ranker, save_ranker, train_ranker
 from retrieval.store import Store
 
 CONTENT_VECTOR_COLUMN = "post_content_vector"
@@ -126,8 +126,11 @@ def resolve_parent(store: Store, warm_start_from: str) -> str | None:
 
 
 def run(config: NearlineConfig, warm_start_from: str, sample_fraction: float, publish: bool = True,
-        features_version: str | None = None) -> dict:
-    """Train and stage a ranker on features_version (default: the current features); returns its manifest fields."""
+        features_version: str | None = None, trainer: Callable[..., TrainResult] = train_ranker) -> dict:
+    """Train and stage a ranker on features_version (default: the current features); returns its manifest fields.
+
+    ``trainer`` has train_ranker's signature; jobs.train_ranker_distributed passes a data-parallel one.
+    """
     from pyspark.sql import functions as F
 
     from jobs.spark import build_spark_session
@@ -190,7 +193,7 @@ def run(config: NearlineConfig, warm_start_from: str, sample_fraction: float, pu
         parent_state = (
             load_parent_state(store.path("models", "ranker", parent_version)) if parent_version else None
         )
-        result = train_ranker(
+        result = trainer(
             ranker, train, val, parent_state=parent_state, curves_path=os.path.join(staged.path, "curves.png")
         )
         if result.warm_start_report is not None:
