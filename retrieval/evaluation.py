@@ -22,14 +22,15 @@ def sweep_parameter(built: BuiltIndex) -> tuple[str | None, list[int]]:
     """The search parameter worth sweeping for this index and its values.
 
     Returns:
-        ("nprobe", powers of two up to nlist) for IVF, ("ef_search", 16..512) for HNSW, (None, [0]) for
-        indexes without one (Flat).
+        ("nprobe", powers of two up to nlist) for IVF, ("ef_search", 128..1024) for HNSW (the Searcher
+        raises efSearch to k, so values below the k=100 of the sweep would all measure the same), and
+        (None, [0]) for indexes without one (Flat).
     """
     for level in index_levels(built.index):
         if isinstance(level, faiss.IndexIVF):
             return "nprobe", [v for v in (1, 2, 4, 8, 16, 32, 64, 128, 256) if v <= level.nlist]
         if isinstance(level, faiss.IndexHNSW):
-            return "ef_search", [16, 32, 64, 128, 256, 512]
+            return "ef_search", [128, 192, 256, 384, 512, 1024]
     return None, [0]
 
 
