@@ -154,7 +154,6 @@ def run_refresh(config: NearlineConfig, spark=None) -> dict[str, Any]:  # noqa: 
     record: dict[str, Any] = {"run_id": run.run_id, "started_at": started_at.isoformat(), "outcome": "running",
                               "data_path": config.data.path, "config_hash": config_hash(config)}
     store.record_run(record)
-    serving_before = {f"{k}/{n}": store.current(k, n) for k, n in PUBLISH_ORDER}
     try:
         fingerprint = input_fingerprint(config.data.path)
         record["input_fingerprint"] = fingerprint
@@ -210,9 +209,9 @@ def run_refresh(config: NearlineConfig, spark=None) -> dict[str, Any]:  # noqa: 
                     build_index.run(config, name, embedding_version=embedding_version, publish=False)),
             )
         run.stage("publish", None, None, lambda: (None, _publish(store, run.staged, config.store.keep_versions)))
-        changed = {f"{k}/{n}": v for (k, n), v in run.staged.items() if serving_before.get(f"{k}/{n}") != v}
-        record["outcome"] = "success" if changed else "unchanged"
-        record["published"] = changed
+        published = run.stages[-1].details["published"]
+        record["outcome"] = "success" if published else "unchanged"
+        record["published"] = published
     except StageFailed as failure:
         record.update(outcome="failed", failed_stage=failure.stage, reason=failure.reason)
     except Exception as exc:  # noqa: BLE001 - before any stage ran (bad paths, store not writable)
