@@ -13,7 +13,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PositiveFloat,
+    PositiveInt,
+    ValidationError,
+    field_validator,
+)
 
 from embeddings.config import ContentModelConfig
 from ranking.config import RankerConfig
@@ -47,6 +55,9 @@ class SparkConfig(_Strict):
         None, description="Interpreter executors run (spark.pyspark.python); None: the cluster's default."
     )
     ui_enabled: bool = Field(False, description="Spark UI; off locally so ports are not taken.")
+    master_connect_timeout_s: PositiveFloat = Field(
+        10.0, description="spark:// and sc:// masters must accept a TCP connection within this, or the job stops."
+    )
     extra_conf: dict[str, str] = Field(default_factory=dict, description="Any further spark.* settings.")
 
 

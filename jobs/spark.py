@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import os
 import shutil
+import socket
 import subprocess
 import sys
 
@@ -33,6 +34,35 @@ def check_java() -> str:
     return output.splitlines()[0] if output else "java (unknown version)"
 
 
+class MasterUnreachableError(RuntimeError):
+    pass
+
+
+def check_master_reachable(master: str, timeout_s: float) -> None:
+    """Raise unless a spark:// or sc:// master accepts a TCP connection within timeout_s (others: no check).
+
+    Spark's own client retries registration for about a minute before giving up, and a Connect client
+    retries longer; a job must fail fast and clearly instead, before it stages any output.
+    """
+    scheme, sep, rest = master.partition("://")
+    if not sep or scheme not in ("spark", "sc"):
+        return
+    # spark://h1:7077,h2:7077 lists standby masters; one that answers is enough. sc:// may carry /;params.
+    addresses = rest.split("/", 1)[0].split(";", 1)[0].split(",")
+    problems = []
+    for address in addresses:
+        host, _, port = address.rpartition(":")
+        try:
+            with socket.create_connection((host, int(port or (7077 if scheme == "spark" else 15002))), timeout_s):
+                return
+        except (OSError, ValueError) as exc:
+            problems.append(f"{address}: {exc}")
+    raise MasterUnreachableError(
+        f"Spark master {master} is unreachable within spark.master_connect_timeout_s={timeout_s:g} s "
+        f"({'; '.join(problems)}); nothing was run or written"
+    )
+
+
 def shuffle_partitions(config: SparkConfig, expected_rows: int) -> int:
     """Enough partitions for ~rows_per_shuffle_partition rows each, at least 2, capped."""
     wanted = math.ceil(max(expected_rows, 1) / config.rows_per_shuffle_partition)
@@ -47,6 +77,8 @@ def build_spark_session(config: SparkConfig, expected_rows: int = 0, app_suffix:
         expected_rows: rough size of the job's largest table, to size shuffle partitions.
         app_suffix: job name appended to the app name, so cluster UIs show which job runs.
     """
+    if not os.environ.get("PYSPARK_GATEWAY_PORT"):
+        check_master_reachable(config.master, config.master_connect_timeout_s)
     if config.master.startswith("sc://"):
         builder = SparkSession.builder.remote(config.master)
     elif os.environ.get("PYSPARK_GATEWAY_PORT"):

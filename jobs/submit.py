@@ -80,6 +80,10 @@ def _handle(args: argparse.Namespace, config: NearlineConfig) -> int:
     if args.run:
         import pyspark
 
+        from jobs.spark import check_master_reachable
+
+        check_master_reachable(config.spark.master, config.spark.master_connect_timeout_s)
+
         spark_python = config.spark.python
 
         # pip's spark-submit finds its Spark through `python3` on PATH unless told; point it at ours.
