@@ -44,3 +44,17 @@ bench: $(STAMP) check-java
 
 clean:
 	rm -rf store data build reports/*.tmp .pytest_cache
+
+# A Spark standalone master + worker from the pyspark package on loopback, `nearline submit generate` to it,
+# then both daemons stopped (also on failure). Output: data/cluster-demo.
+CLUSTER_DEMO_PORT ?= 7177
+.PHONY: cluster-demo
+cluster-demo: $(STAMP) check-java
+	@set -e; logs=build/cluster-demo; mkdir -p $$logs; \
+	$(BIN)/spark-class org.apache.spark.deploy.master.Master --host 127.0.0.1 --port $(CLUSTER_DEMO_PORT) --webui-port 0 >$$logs/master.log 2>&1 & master=$$!; \
+	trap 'kill $$worker $$master 2>/dev/null; wait 2>/dev/null' EXIT; \
+	until grep -q "elected leader" $$logs/master.log; do sleep 1; done; \
+	$(BIN)/spark-class org.apache.spark.deploy.worker.Worker spark://127.0.0.1:$(CLUSTER_DEMO_PORT) --host 127.0.0.1 --cores 2 --memory 2g --webui-port 0 --work-dir $$logs/work >$$logs/worker.log 2>&1 & worker=$$!; \
+	until grep -q "Successfully registered" $$logs/worker.log; do sleep 1; done; \
+	$(BIN)/nearline --set spark.master=spark://127.0.0.1:$(CLUSTER_DEMO_PORT) --set spark.python=$(abspath $(BIN))/python \
+		--set data.path=data/cluster-demo --set generate.num_users=1000 submit --run --build-dir $$logs generate
