@@ -117,6 +117,18 @@ class NearlineConfig(_Strict):
     serve: ServeConfig = ServeConfig()
     refresh: RefreshConfig = RefreshConfig()
 
+    @field_validator("indexes", mode="before")
+    @classmethod
+    def _indexes_over_their_defaults(cls, indexes: Any) -> Any:
+        # Each index has its own defaults (content and user differ in metric); a file or an override
+        # that sets one key of one index must change that key only, not reset the rest to IndexConfig's.
+        if not isinstance(indexes, dict):
+            return indexes
+        merged = {name: config.model_dump() for name, config in default_index_configs().items()}
+        for name, values in indexes.items():
+            merged[name] = _deep_merge(merged.get(name, {}), values) if isinstance(values, dict) else values
+        return merged
+
     @field_validator("indexes")
     @classmethod
     def _known_indexes(cls, indexes: dict[str, IndexConfig]) -> dict[str, IndexConfig]:
@@ -124,6 +136,14 @@ class NearlineConfig(_Strict):
         if unknown:
             raise ValueError(f"unknown index name(s) {sorted(unknown)}: expected 'content' and/or 'user'")
         return indexes
+
+
+def _deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in update.items():
+        merged[key] = _deep_merge(merged[key], value) if isinstance(value, dict) and isinstance(
+            merged.get(key), dict) else value
+    return merged
 
 
 class ConfigError(ValueError):

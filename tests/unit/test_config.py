@@ -44,3 +44,13 @@ def test_config_is_frozen():
     config = load_config(None)
     with pytest.raises(Exception):
         config.generate.seed = 3  # type: ignore[misc]
+
+
+def test_overriding_one_index_key_keeps_that_index_defaults_and_the_other_index():
+    defaults = load_config(None)
+    config = load_config(None, ["indexes.content.search.nprobe=7"])
+    assert config.indexes["content"].search.nprobe == 7
+    assert config.indexes["content"].metric == defaults.indexes["content"].metric
+    assert config.indexes["user"] == defaults.indexes["user"]
+    with pytest.raises(ConfigError, match="unknown index name"):
+        load_config(None, ["indexes.posts.metric=ip"])
