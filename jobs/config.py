@@ -162,7 +162,12 @@ def apply_override(tree: dict[str, Any], assignment: str) -> None:
         if not isinstance(child, dict):
             raise ConfigError(f"override {assignment!r}: {part!r} is a value, not a section")
         node = child
-    node[parts[-1]] = yaml.safe_load(raw_value) if raw_value.strip() else ""
+    try:
+        value = yaml.safe_load(raw_value) if raw_value.strip() else ""
+    except yaml.YAMLError:
+        # Not YAML on its own (a cron line "*/5 * * * *" starts like an alias): take the text as is.
+        value = raw_value
+    node[parts[-1]] = value
 
 
 def _describe(error: ValidationError, source: str) -> str:

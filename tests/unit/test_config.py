@@ -54,3 +54,7 @@ def test_overriding_one_index_key_keeps_that_index_defaults_and_the_other_index(
     assert config.indexes["user"] == defaults.indexes["user"]
     with pytest.raises(ConfigError, match="unknown index name"):
         load_config(None, ["indexes.posts.metric=ip"])
+
+
+def test_override_value_that_is_not_yaml_is_taken_as_text():
+    assert load_config(None, ["refresh.schedule=*/4 * * * *"]).refresh.schedule == "*/4 * * * *"
