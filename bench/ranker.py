@@ -198,6 +198,11 @@ def warm_vs_cold(
                 ),
             }
         )
+        print(
+            f"period {k + 1}: log loss cold {cold['test']['log_loss']:.4f}, warm 20% {warm20['test']['log_loss']:.4f}, "
+            f"warm {warm['test']['log_loss']:.4f}, tuned warm {tuned['test']['log_loss']:.4f}",
+            flush=True,
+        )
         chain = warm["model"]
     return {"base_rows": parent["rows"], "base_test": parent["test"], "periods": rows}
 
@@ -447,6 +452,8 @@ def main(argv: list[str] | None = None) -> int:
             report = json.load(f)
     for name, dataset_config, mode in datasets:
         report["datasets"][name] = bench_dataset(dataset_config, args, mode)
+    # Written before the Spark export measurement, so that a failure there keeps the training results.
+    _write(report, args.out)
     if not args.skip_export:
         report["export"] = export_throughput(datasets[0][1])
         report["export"]["dataset"] = datasets[0][0]
