@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
@@ -36,7 +37,7 @@ POSITIVE_EVENTS = ["like", "reply", "repost"]
 def _positives(data_path: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     table = ds.dataset(f"{data_path}/engagements").to_table(
         columns=["user_id", "post_id", "ts"], filter=pc.field("event").isin(POSITIVE_EVENTS))
-    ts = table.column("ts").cast("timestamp[us, tz=UTC]").cast("int64").to_numpy()
+    ts = table.column("ts").cast(pa.timestamp("us", tz="UTC")).cast(pa.int64()).to_numpy()
     return table.column("user_id").to_numpy(), table.column("post_id").to_numpy(), ts
 
 
