@@ -275,12 +275,16 @@ def _handle_runs(args: argparse.Namespace, config: NearlineConfig) -> int:
     if not records:
         print(f"no runs recorded in {store.root / 'runs'}")
         return 0
-    print(f"{'run id':<28} {'outcome':<10} {'seconds':>8}  detail")
+    print(f"{'run id':<28} {'job':<12} {'outcome':<12} {'seconds':>8}  detail")
     for record in records:
+        job = record.get("job", "refresh")
         detail = record.get("reason") or ", ".join(sorted(record.get("published", {}))) or ""
         if record.get("failed_stage"):
             detail = f"{record['failed_stage']}: {detail}"
-        print(f"{record['run_id']:<28} {record.get('outcome', '?'):<10} {record.get('seconds', 0):>8.1f}  {detail[:100]}")
+        elif job != "refresh":
+            detail = f"{record.get('artifact', '')} {record.get('version', '')}"
+        print(f"{record['run_id']:<28} {job:<12} {record.get('outcome', '?'):<12} "
+              f"{record.get('seconds') or 0:>8.1f}  {detail[:100]}")
     return 0
 
 
