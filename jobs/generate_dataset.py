@@ -14,17 +14,15 @@ swapped in at the end, so a failed run leaves the previous dataset untouched.
 from __future__ import annotations
 
 import argparse
-import shutil
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pandas as pd
 from pyspark.sql import DataFrame, SparkSession
 
 from jobs.config import GenerateConfig, NearlineConfig
 from jobs.contract import TABLE_SCHEMAS_DDL
-from jobs.io import replace_directory, write_parquet_deterministic
+from jobs.io import write_dataset
 from jobs.spark import build_spark_session
 from jobs.synthetic import TABLE_GENERATORS, build_skeleton, cut_to_snapshot, num_blocks
 
@@ -51,25 +49,13 @@ def generate_table(spark: SparkSession, config: GenerateConfig, table: str, skel
 
 def run(spark: SparkSession, config: NearlineConfig) -> dict[str, int]:
     """Generate every table into a fresh directory, then swap it in. Returns row counts."""
-    target = Path(config.data.path)
-    staging = target.with_name(f".{target.name}.generating")
-    shutil.rmtree(staging, ignore_errors=True)
-    skeleton = build_skeleton(config.generate)
-    skeleton_broadcast = spark.sparkContext.broadcast(skeleton)
-    counts = {}
+    skeleton_broadcast = spark.sparkContext.broadcast(build_skeleton(config.generate))
     try:
-        for table in TABLE_GENERATORS:
-            started = time.perf_counter()
-            frame = generate_table(spark, config.generate, table, skeleton_broadcast)
-            counts[table] = write_parquet_deterministic(frame, str(staging / table))
-            print(
-                f"  {table:<18} {counts[table]:>12,} rows  {time.perf_counter() - started:6.1f} s", flush=True
-            )
-        replace_directory(staging, target)
+        tables = {table: generate_table(spark, config.generate, table, skeleton_broadcast)
+                  for table in TABLE_GENERATORS}
+        return write_dataset(tables, config.data.path, progress=True)
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
         skeleton_broadcast.unpersist()
-    return counts
 
 
 def _handle(args: argparse.Namespace, config: NearlineConfig) -> int:

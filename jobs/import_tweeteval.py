@@ -12,7 +12,6 @@ engagements are empty tables with the contract's schema.
 from __future__ import annotations
 
 import argparse
-import shutil
 import time
 from pathlib import Path
 
@@ -21,7 +20,7 @@ from pyspark.sql import functions as F
 
 from jobs.config import NearlineConfig
 from jobs.contract import TABLE_SCHEMAS_DDL
-from jobs.io import replace_directory, write_parquet_deterministic
+from jobs.io import print_import_summary, write_dataset
 from jobs.spark import build_spark_session
 
 SPLITS = ("train", "val", "test")
@@ -83,22 +82,11 @@ def run(spark: SparkSession, directory: str, out: str) -> dict[str, int]:
         "posts": build_posts(spark, rows).repartition(1),
         "engagements": spark.createDataFrame([], TABLE_SCHEMAS_DDL["engagements"]),
     }
-    target = Path(out)
-    staging = target.with_name(f".{target.name}.importing")
-    shutil.rmtree(staging, ignore_errors=True)
-    try:
-        counts = {name: write_parquet_deterministic(frame, str(staging / name)) for name, frame in tables.items()}
-        replace_directory(staging, target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return counts
+    return write_dataset(tables, out)
 
 
 def handle(args: argparse.Namespace, config: NearlineConfig) -> int:
     started = time.perf_counter()
     spark = build_spark_session(config.spark, expected_rows=50_000, app_suffix="import-tweeteval")
-    counts = run(spark, args.directory, args.out)
-    for name, count in counts.items():
-        print(f"  {name:<12} {count:>10,} rows")
-    print(f"imported {args.directory} -> {args.out} in {time.perf_counter() - started:.1f} s")
+    print_import_summary(args.directory, args.out, run(spark, args.directory, args.out), started)
     return 0

@@ -16,7 +16,6 @@ contract's time order holds, and country/language are left empty.
 from __future__ import annotations
 
 import argparse
-import shutil
 import time
 from pathlib import Path
 
@@ -24,7 +23,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from jobs.config import NearlineConfig
-from jobs.io import replace_directory, write_parquet_deterministic
+from jobs.io import print_import_summary, write_dataset
 from jobs.spark import build_spark_session
 
 CASCADE_COLUMNS = ["dataset", "source_tweet_id", "author_uid", "engager_uid", "parent_uid",
@@ -106,23 +105,14 @@ def run(spark: SparkSession, directory: str, out: str) -> dict[str, int]:
         "posts": build_posts(cascades, sources).repartition(1).sortWithinPartitions("post_id"),
         "engagements": build_engagements(cascades).repartition(4, "user_id").sortWithinPartitions("user_id", "ts", "post_id"),
     }
-    target = Path(out)
-    staging = target.with_name(f".{target.name}.importing")
-    shutil.rmtree(staging, ignore_errors=True)
     try:
-        counts = {name: write_parquet_deterministic(frame, str(staging / name)) for name, frame in tables.items()}
-        replace_directory(staging, target)
+        return write_dataset(tables, out)
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
         cascades.unpersist()
-    return counts
 
 
 def handle(args: argparse.Namespace, config: NearlineConfig) -> int:
     started = time.perf_counter()
     spark = build_spark_session(config.spark, expected_rows=1_000_000, app_suffix="import-twitter1516")
-    counts = run(spark, args.directory, args.out)
-    for name, count in counts.items():
-        print(f"  {name:<12} {count:>10,} rows")
-    print(f"imported {args.directory} -> {args.out} in {time.perf_counter() - started:.1f} s")
+    print_import_summary(args.directory, args.out, run(spark, args.directory, args.out), started)
     return 0

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -30,6 +31,33 @@ def write_parquet_deterministic(frame: DataFrame, path: str) -> int:
         elif entry.name.endswith(".crc"):
             entry.unlink()
     return sum(pq.ParquetFile(p).metadata.num_rows for p in sorted(directory.glob("part-*.parquet")))
+
+
+def write_dataset(tables: dict[str, DataFrame], out: str, progress: bool = False) -> dict[str, int]:
+    """Write named tables under out/<name> as one unit: beside the target first, swapped in at the end.
+
+    A failure part-way leaves whatever was at `out` before untouched. Returns row counts by table.
+    """
+    target = Path(out)
+    staging = target.with_name(f".{target.name}.writing")
+    shutil.rmtree(staging, ignore_errors=True)
+    counts = {}
+    try:
+        for name, frame in tables.items():
+            started = time.perf_counter()
+            counts[name] = write_parquet_deterministic(frame, str(staging / name))
+            if progress:
+                print(f"  {name:<18} {counts[name]:>12,} rows  {time.perf_counter() - started:6.1f} s", flush=True)
+        replace_directory(staging, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return counts
+
+
+def print_import_summary(source: str, out: str, counts: dict[str, int], started: float) -> None:
+    for name, count in counts.items():
+        print(f"  {name:<12} {count:>10,} rows")
+    print(f"imported {source} -> {out} in {time.perf_counter() - started:.1f} s")
 
 
 def replace_directory(new: Path, target: Path) -> None:
