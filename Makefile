@@ -23,7 +23,7 @@ demo: $(STAMP) check-java
 	$(BIN)/python -m jobs.demo
 
 test: $(STAMP) check-java
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q --durations=15 tests
 
 unit: $(STAMP)
 	$(BIN)/python -m pytest -q tests/unit
