@@ -42,6 +42,9 @@ def _demo_config(through_day: int, port: int) -> NearlineConfig:
         f"store.root={DEMO_ROOT / 'store'}", f"data.path={DEMO_ROOT / 'data'}",
         f"refresh.lock_path={DEMO_ROOT / 'store' / 'refresh.lock'}",
         f"generate.through_day={through_day}", f"serve.port={port}", "serve.poll_interval_s=1",
+        # A lighter content model than the TweetEval default: the demo's few thousand posts do not
+        # need 2^19 n-gram buckets, and the demo has to finish in minutes on two cores.
+        "content.wide_buckets=131072", "content.epochs=4",
     ])
 
 
