@@ -53,7 +53,7 @@ def test_user_interest_is_the_recency_weighted_mean(spark, content_store):
     assert rows > 0.9 * config.generate.num_users
     interests = ds.dataset(store.data_path("embeddings", "user_interest", version)).to_table().to_pandas()
     content = ds.dataset(store.data_path("embeddings", "content", content_version)).to_table().to_pandas()
-    vectors = dict(zip(content.post_id, content.vector))
+    vectors = dict(zip(content.post_id, content.vector, strict=True))
     engagements = ds.dataset(f"{config.data.path}/engagements").to_table().to_pandas()
     positives = engagements[engagements.event != "impression"]
     newest = positives.ts.max()
@@ -61,7 +61,7 @@ def test_user_interest_is_the_recency_weighted_mean(spark, content_store):
     mine = positives[positives.user_id == user.user_id].sort_values("ts").drop_duplicates("post_id", keep="first")
     age = (newest - mine.ts).dt.total_seconds() / 86_400
     weights = 0.5 ** (age / config.user_interest.half_life_days)
-    expected = sum(w * vectors[p] for w, p in zip(weights, mine.post_id))
+    expected = sum(w * vectors[p] for w, p in zip(weights, mine.post_id, strict=True))
     expected = expected / np.linalg.norm(expected)
     np.testing.assert_allclose(np.asarray(user.vector), expected, atol=1e-4)
     assert set(user.recent_post_ids) <= set(mine.post_id)

@@ -1,6 +1,7 @@
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from jobs.config import ConfigError, load_config
 
@@ -42,7 +43,7 @@ def test_missing_file_and_bad_yaml(tmp_path):
 
 def test_config_is_frozen():
     config = load_config(None)
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError, match="frozen"):
         config.generate.seed = 3  # type: ignore[misc]
 
 
