@@ -59,6 +59,12 @@ def run(spark: SparkSession, config: NearlineConfig) -> dict[str, int]:
 
 
 def _handle(args: argparse.Namespace, config: NearlineConfig) -> int:
+    if config.spark.master.startswith("sc://"):
+        raise ValueError(
+            f"nearline generate cannot run on Spark Connect ({config.spark.master}): it ships the latent "
+            "world to executors with sparkContext.broadcast, which Connect does not offer; use a classic "
+            "master (local[*], spark://, yarn, k8s://) for generation"
+        )
     started = time.perf_counter()
     print(
         f"generating {config.generate.num_users:,} users (seed {config.generate.seed}) into {config.data.path}"

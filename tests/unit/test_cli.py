@@ -49,3 +49,9 @@ def test_submit_prints_spark_submit_with_shipped_code(tmp_path, capsys):
     assert f"--py-files {tmp_path}/nearline-code.zip" in command
     assert command.endswith("generate")
     assert (tmp_path / "nearline-code.zip").stat().st_size > 0
+
+
+def test_generate_refuses_spark_connect_with_the_reason(capsys):
+    assert main(["--set", "spark.master=sc://127.0.0.1:15002", "generate"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot run on Spark Connect" in err and "sparkContext.broadcast" in err
