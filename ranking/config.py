@@ -50,6 +50,19 @@ class FeatureGroupConfig(BaseModel):
         return len(self.dense_features) + self.dense_vector_dim
 
 
+POST_FEATURE_COLUMNS = (
+    "post_has_media",
+    "post_text_length",
+    "post_age_hours",
+    "post_impressions_so_far",
+    "post_engagements_so_far",
+    "post_likes_so_far",
+    "post_replies_so_far",
+    "post_reposts_so_far",
+    "author_follower_count",
+)
+
+
 def _default_groups() -> dict[str, FeatureGroupConfig]:
     windows = (1, 7, 28)
     user = FeatureGroupConfig(
@@ -83,17 +96,7 @@ def _default_groups() -> dict[str, FeatureGroupConfig]:
         },
     )
     post = FeatureGroupConfig(
-        continuous_features=(
-            "post_has_media",
-            "post_text_length",
-            "post_age_hours",
-            "post_impressions_so_far",
-            "post_engagements_so_far",
-            "post_likes_so_far",
-            "post_replies_so_far",
-            "post_reposts_so_far",
-            "author_follower_count",
-        ),
+        continuous_features=POST_FEATURE_COLUMNS,
         dense_vector_dim=0,
     )
     return {"user": user, "user_author": user_author, "post": post}

@@ -749,17 +749,6 @@ def load_index_bundle(
 # ---------------------------------------------------------------------------------------------- ranker bundle
 
 
-POST_FEATURE_COLUMNS = (
-    "post_has_media",
-    "post_text_length",
-    "post_age_hours",
-    "post_impressions_so_far",
-    "post_engagements_so_far",
-    "post_likes_so_far",
-    "post_replies_so_far",
-    "post_reposts_so_far",
-    "author_follower_count",
-)
 
 
 @dataclass(frozen=True)
