@@ -31,8 +31,16 @@ from ranking.calibration import fit_calibration
 from ranking.config import GROUP_NAMES, RankerConfig
 from ranking.examples import RankingExamples
 from ranking.model import build_ranker
-from ranking.training import TrainResult, evaluate, plot_curves, predict_probabilities, task_metrics
-from ranking.warm_start import WarmStartReport, warm_start
+from ranking.training import (
+    TrainResult,
+    epoch_record,
+    evaluate,
+    plot_curves,
+    predict_probabilities,
+    start_model,
+    task_metrics,
+)
+from ranking.warm_start import WarmStartReport
 
 
 def worker_shares(num_rows: int, batch_size: int, world_size: int, rank: int, order: np.ndarray) -> list[np.ndarray]:
@@ -89,10 +97,7 @@ def train_worker(
     try:
         rank, world_size = dist.get_rank(), dist.get_world_size()
         tc = config.training
-        torch.manual_seed(tc.seed)
-        torch.set_num_threads(tc.num_threads)
-        model = build_ranker(config)
-        report = warm_start(model, parent_state) if parent_state is not None else None
+        model, report = start_model(config, parent_state)
         ddp = DistributedDataParallel(model)
         optimizer = torch.optim.Adam(ddp.parameters(), lr=tc.learning_rate, weight_decay=tc.weight_decay)
         loss_fn = nn.BCEWithLogitsLoss()
@@ -115,11 +120,7 @@ def train_worker(
             stop = torch.zeros(1)
             if rank == 0:
                 val_metrics = task_metrics(predict_probabilities(model, val), val.labels, config.tasks)
-                history.append({
-                    "epoch": epoch + 1, "train_log_loss": float(totals[0] / totals[1]),
-                    "val_log_loss": val_metrics["log_loss"], "val_auc": val_metrics["auc"],
-                    "val_rce": val_metrics["rce"],
-                })
+                history.append(epoch_record(epoch, float(totals[0] / totals[1]), val_metrics))
                 print(f"epoch {epoch + 1} ({world_size} workers): train log loss {history[-1]['train_log_loss']:.4f}, "
                       f"val log loss {val_metrics['log_loss']:.4f}", flush=True)
                 if val_metrics["log_loss"] < best_loss - 1e-6:

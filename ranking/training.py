@@ -18,6 +18,7 @@ import os
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -141,6 +142,31 @@ def _check_examples(examples: RankingExamples, config: RankerConfig, what: str) 
             raise ValueError(f"{what} {group} ids fall outside [0, {config.discretizer.hash_space_size})")
 
 
+def start_model(
+    config: RankerConfig, parent_state: Mapping[str, torch.Tensor] | None
+) -> tuple[nn.Module, WarmStartReport | None]:
+    """Seeded, thread-limited model for training, warm-started from parent_state when given.
+
+    Shared by single-process and distributed training so both start from the same weights.
+    """
+    torch.manual_seed(config.training.seed)
+    torch.set_num_threads(config.training.num_threads)
+    model = build_ranker(config)
+    report = warm_start(model, parent_state) if parent_state is not None else None
+    return model, report
+
+
+def epoch_record(epoch: int, train_log_loss: float, val_metrics: Mapping[str, Any]) -> dict:
+    """One entry of the training history (epoch is 0-based here, 1-based in the record)."""
+    return {
+        "epoch": epoch + 1,
+        "train_log_loss": train_log_loss,
+        "val_log_loss": val_metrics["log_loss"],
+        "val_auc": val_metrics["auc"],
+        "val_rce": val_metrics["rce"],
+    }
+
+
 def train_ranker(
     config: RankerConfig,
     train: RankingExamples,
@@ -166,10 +192,7 @@ def train_ranker(
     _check_examples(train, config, "training")
     _check_examples(val, config, "validation")
     tc = config.training
-    torch.manual_seed(tc.seed)
-    torch.set_num_threads(tc.num_threads)
-    model = build_ranker(config)
-    report = warm_start(model, parent_state) if parent_state is not None else None
+    model, report = start_model(config, parent_state)
     optimizer = torch.optim.Adam(model.parameters(), lr=tc.learning_rate, weight_decay=tc.weight_decay)
     loss_fn = nn.BCEWithLogitsLoss()
     rng = np.random.default_rng(tc.seed)
@@ -194,15 +217,7 @@ def train_ranker(
             total += float(loss.detach()) * len(index)
             count += len(index)
         val_metrics = task_metrics(predict_probabilities(model, val), val.labels, config.tasks)
-        history.append(
-            {
-                "epoch": epoch + 1,
-                "train_log_loss": total / count,
-                "val_log_loss": val_metrics["log_loss"],
-                "val_auc": val_metrics["auc"],
-                "val_rce": val_metrics["rce"],
-            }
-        )
+        history.append(epoch_record(epoch, total / count, val_metrics))
         if progress:
             tqdm.write(
                 f"epoch {epoch + 1}: train log loss {total / count:.4f}, val log loss "
