@@ -26,8 +26,10 @@ the ``x-request-id`` header or Serve's own id) and returned in the ``x-request-i
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import os
 import time
 import uuid
 from pathlib import Path
@@ -38,6 +40,7 @@ import ray
 from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 from ray.serve import metrics
+from ray.serve.exceptions import ReplicaUnavailableError
 from ray.serve.handle import DeploymentHandle
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -332,6 +335,20 @@ class RankerDeployment(_Follower):
         return result["score"].tolist()
 
 
+# A replica that stops (rolling update, scale-down, crash) fails the calls it held with one of these.
+_REPLICA_LOST = (ray.exceptions.RayActorError, ReplicaUnavailableError)
+
+
+async def _read(method: Any, *args: Any) -> Any:
+    """Call a model deployment; every such call only reads, so one that met a lost replica is sent once more,
+    and the router, which has dropped that replica by then, sends it to a live one."""
+    try:
+        return await method.remote(*args)
+    except _REPLICA_LOST as exc:
+        log.warning("retrying %s after a lost replica: %s", method, type(exc).__name__)
+        return await method.remote(*args)
+
+
 def _unwrap_error(exc: BaseException) -> RequestError | None:
     """A RequestError raised in another replica (Ray wraps it in RayTaskError)."""
     if isinstance(exc, RequestError):
@@ -367,20 +384,20 @@ class Ingress:
         self, user_id: int, k: int | str | None = None, sources: tuple[str, ...] = SOURCES
     ) -> list[dict]:
         k = parse_k(k, self._config.default_k, self._config.max_k)
-        return await self._index.candidates.remote(user_id, k, tuple(sources))
+        return await _read(self._index.candidates, user_id, k, tuple(sources))
 
     async def neighbors(
         self, k: int | None = None, vector: list[float] | None = None, post_id: int | None = None
     ):
         query = validate_neighbors({"k": k, "vector": vector, "post_id": post_id}, self._config)
         vector_list = None if query.vector is None else query.vector.tolist()
-        return await self._index.neighbors.remote(query.k, vector_list, query.post_id)
+        return await _read(self._index.neighbors, query.k, vector_list, query.post_id)
 
     async def rank(self, user_id: int, post_ids: list[int]) -> list[dict]:
         query = validate_rank({"user_id": user_id, "post_ids": list(post_ids)}, self._config)
         if len(query.post_ids) == 0:
             return []
-        return await self._ranker.rank.remote(query.user_id, query.post_ids.tolist())
+        return await _read(self._ranker.rank, query.user_id, query.post_ids.tolist())
 
     async def recommend(
         self, user_id: int, k: int | str | None = None, num_candidates: int | str | None = None
@@ -392,14 +409,14 @@ class Ingress:
             self._config.max_recommend_candidates,
             name="candidates",
         )
-        candidates = await self._index.candidates.remote(user_id, num_candidates, SOURCES)
+        candidates = await _read(self._index.candidates, user_id, num_candidates, SOURCES)
         if not candidates:
             return []
-        scores = await self._ranker.rank_scores.remote(user_id, [c["post_id"] for c in candidates])
+        scores = await _read(self._ranker.rank_scores, user_id, [c["post_id"] for c in candidates])
         return select_top(candidates, np.asarray(scores), k)
 
     async def versions(self) -> dict[str, Any]:
-        index, ranker = await self._index.versions.remote(), await self._ranker.versions.remote()
+        index, ranker = await asyncio.gather(_read(self._index.versions), _read(self._ranker.versions))
         serving: dict[str, dict] = {}
         for part in (index, ranker):
             for kind, artifacts in (part.get("versions") or {}).items():
@@ -459,7 +476,7 @@ class Ingress:
             body = parse_json_object(await request.body())
             query = validate_neighbors(body, self._config)
             vector = None if query.vector is None else query.vector.tolist()
-            return {"neighbors": await self._index.neighbors.remote(query.k, vector, query.post_id)}
+            return {"neighbors": await _read(self._index.neighbors, query.k, vector, query.post_id)}
         if route == "rank":
             body = parse_json_object(await request.body())
             rank_query = validate_rank(body, self._config)
@@ -468,8 +485,7 @@ class Ingress:
         if route == "versions":
             return await self.versions()
         if route == "healthz":
-            await self._index.check_health.remote()
-            await self._ranker.check_health.remote()
+            await asyncio.gather(self._index.check_health.remote(), self._ranker.check_health.remote())
             return {"status": "ok"}
         raise RequestError(404, f"no endpoint {route}")
 
@@ -559,6 +575,8 @@ def start_local(
         The ingress handle. Call ``shutdown_local()`` to stop everything.
     """
     if not ray.is_initialized():
+        # The raylet started by ray.init passes this environment on to the Serve controller, proxy and replicas.
+        os.environ.update(spec.serve.ray_serve_env)
         options: dict[str, Any] = {"num_cpus": num_cpus, "include_dashboard": False, "log_to_driver": False}
         if metrics_export_port is not None:
             options["_metrics_export_port"] = metrics_export_port

@@ -155,6 +155,12 @@ def test_rank_body_validation():
         validate_rank({"user_id": 1, "post_ids": [1, 2, 3, 4]}, ServeConfig(max_rank_posts=3))
 
 
+def test_ray_serve_env_takes_only_serve_flags():
+    assert ServeConfig().ray_serve_env == {"RAY_SERVE_USE_GRPC_BY_DEFAULT": "1"}
+    with pytest.raises(ValueError, match=r"RAY_SERVE_\* variables only, got \['PATH'\]"):
+        ServeConfig(ray_serve_env={"PATH": "/tmp", "RAY_SERVE_LOG_TO_STDERR": "0"})
+
+
 def test_routes():
     assert match_route("GET", "/v1/candidates/12") == ("candidates", "12")
     assert match_route("GET", "/v1/recommend/12/") == ("recommend", "12")
