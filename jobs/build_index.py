@@ -35,7 +35,7 @@ from retrieval.index import (
 )
 from retrieval.search import Searcher
 from retrieval.store import Store, new_version
-from retrieval.validation import exact_search, validate_index
+from retrieval.validation import exact_search_excluding_self, validate_index
 
 ID_COLUMNS = {"content": "post_id", "user": "user_id"}
 VECTOR_COLUMN = "vector"
@@ -84,20 +84,21 @@ def run(
     num_vectors = parquet_row_count(data_path)
     if num_vectors == 0:
         raise ValueError(f"embeddings/{name} {embedding_version}: no vectors in {data_path}")
-    _, sample = sample_vectors(batches(), index_config.train_sample_size, index_config.sample_seed)
+    sample_ids, sample = sample_vectors(batches(), index_config.train_sample_size, index_config.sample_seed)
     dim = int(sample.shape[1])
     built = build_index(index_config, dim, batches(), sample, num_vectors=num_vectors)
 
     gate_started = time.perf_counter()
     gate = index_config.gate
     rng = np.random.default_rng(index_config.sample_seed)
-    queries = sample[rng.choice(len(sample), min(gate.query_sample_size, len(sample)), replace=False)]
-    true_ids, _ = exact_search(batches(), queries, gate.recall_k, built.metric)
+    picked = rng.choice(len(sample), min(gate.query_sample_size, len(sample)), replace=False)
+    query_ids, queries = sample_ids[picked], sample[picked]
+    true_ids, _ = exact_search_excluding_self(batches(), query_ids, queries, gate.recall_k, built.metric)
     previous = store.current("indexes", name)
     previous_count = store.manifest("indexes", name, previous)["row_counts"]["vectors"] if previous else None
     report = validate_index(
         Searcher(built, index_config), gate, queries, true_ids, expected_query_dim(config, name, embedding_manifest),
-        previous_count,
+        previous_count, query_ids,
     )
     gate_s = time.perf_counter() - gate_started
 
@@ -194,10 +195,10 @@ def evaluate(
     def batches():
         return iter_parquet_vectors(data_path, ID_COLUMNS[name], VECTOR_COLUMN, index_config.add_batch_size)
 
-    _, queries = sample_vectors(batches(), num_queries, index_config.sample_seed + 1)
-    true_ids, _ = exact_search(batches(), queries, 100, manifest["metric"])
+    query_ids, queries = sample_vectors(batches(), num_queries, index_config.sample_seed + 1)
+    true_ids, _ = exact_search_excluding_self(batches(), query_ids, queries, 100, manifest["metric"])
     built = load_index(store.path("indexes", name, version))
-    result = sweep_index(built, index_config, queries, true_ids)
+    result = sweep_index(built, index_config, queries, true_ids, query_ids=query_ids)
     result.update({"index": name, "version": version, "embedding_version": manifest["embedding_version"]})
     os.makedirs(out_dir, exist_ok=True)
     stem = os.path.join(out_dir, f"index_{name}_eval")

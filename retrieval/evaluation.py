@@ -15,7 +15,7 @@ import numpy as np
 from retrieval.config import IndexConfig
 from retrieval.index import BuiltIndex
 from retrieval.search import Searcher, index_levels
-from retrieval.validation import recall_at_k
+from retrieval.validation import recall_at_k, self_exclusions
 
 
 def sweep_parameter(built: BuiltIndex) -> tuple[str | None, list[int]]:
@@ -34,7 +34,13 @@ def sweep_parameter(built: BuiltIndex) -> tuple[str | None, list[int]]:
     return None, [0]
 
 
-def time_search(searcher: Searcher, query_vectors: np.ndarray, k: int, repeats: int) -> tuple[float, np.ndarray]:
+def time_search(
+    searcher: Searcher,
+    query_vectors: np.ndarray,
+    k: int,
+    repeats: int,
+    exclude_per_query: list[np.ndarray] | None = None,
+) -> tuple[float, np.ndarray]:
     """Median seconds of one search of all queries, over repeats, and the ids found.
 
     Returns:
@@ -44,7 +50,7 @@ def time_search(searcher: Searcher, query_vectors: np.ndarray, k: int, repeats: 
     ids = np.empty((0, k), dtype=np.int64)
     for _ in range(repeats):
         start = time.perf_counter()
-        ids, _ = searcher.search(query_vectors, k)
+        ids, _ = searcher.search(query_vectors, k, exclude_per_query=exclude_per_query)
         seconds.append(time.perf_counter() - start)
     return float(np.median(seconds)), ids
 
@@ -57,6 +63,7 @@ def sweep_index(
     ks: tuple[int, ...] = (10, 100),
     values: list[int] | None = None,
     repeats: int = 3,
+    query_ids: np.ndarray | None = None,
 ) -> dict:
     """Recall@k and QPS at each value of the index's search parameter.
 
@@ -68,6 +75,8 @@ def sweep_index(
         ks: recall cut-offs; searches use k = max(ks).
         values: parameter values (default: ``sweep_parameter``).
         repeats: timed searches per value; the median is reported.
+        query_ids: int64 (Q,) when the queries are stored vectors: each is left out of its own results
+            (true_ids from ``exact_search_excluding_self``).
 
     Returns:
         {"factory_string", "metric", "num_vectors", "num_queries", "k", "parameter",
@@ -77,11 +86,12 @@ def sweep_index(
     if values is None or parameter is None:
         values = default_values
     k = max(ks)
+    exclude = None if query_ids is None else self_exclusions(query_ids)
     points = []
     for value in values:
         search = config.search if parameter is None else config.search.model_copy(update={parameter: value})
         searcher = Searcher(built, config.model_copy(update={"search": search}))
-        seconds, found = time_search(searcher, query_vectors, k, repeats)
+        seconds, found = time_search(searcher, query_vectors, k, repeats, exclude)
         point = {"value": value, "qps": round(len(query_vectors) / seconds, 1)}
         point.update({f"recall@{cut}": round(recall_at_k(found, true_ids, cut), 4) for cut in ks})
         points.append(point)

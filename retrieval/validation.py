@@ -66,6 +66,39 @@ def exact_search(
     return heap.I, heap.D
 
 
+def exact_search_excluding_self(
+    batches: Iterable[tuple[np.ndarray, np.ndarray]],
+    query_ids: np.ndarray,
+    query_vectors: np.ndarray,
+    k: int,
+    metric: str,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exact neighbours of queries taken from the database itself, each query's own id left out.
+
+    That is the "similar posts / similar users" question, and a recall sample on which an index
+    cannot score a hit by finding the query itself (worth up to 1/k of recall@k).
+
+    Args:
+        batches: as ``exact_search``.
+        query_ids: int64 (B,) the database ids of the query vectors.
+        query_vectors: float32 (B, D).
+        k: neighbours per query, self excluded.
+        metric: as ``exact_search``.
+
+    Returns:
+        ids int64 (B, k) and scores float32 (B, k), best first.
+    """
+    ids, scores = exact_search(batches, query_vectors, k + 1, metric)
+    # A stable sort on "is the query itself" moves self to the end and keeps the rest in rank order.
+    others_first = np.argsort(ids == np.asarray(query_ids)[:, None], axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(ids, others_first, axis=1), np.take_along_axis(scores, others_first, axis=1)
+
+
+def self_exclusions(query_ids: np.ndarray) -> list[np.ndarray]:
+    """Per-query exclusion lists (``Searcher.search(exclude_per_query=...)``) that leave each query's own id out."""
+    return list(np.asarray(query_ids, dtype=np.int64).reshape(-1, 1))
+
+
 def recall_at_k(found_ids: np.ndarray, true_ids: np.ndarray, k: int) -> float:
     """Mean share of each query's true top-k found in its returned top-k.
 
@@ -127,6 +160,7 @@ def validate_index(
     true_ids: np.ndarray,
     expected_dim: int | None = None,
     previous_count: int | None = None,
+    query_ids: np.ndarray | None = None,
 ) -> GateReport:
     """Run every gate check on an index.
 
@@ -137,6 +171,8 @@ def validate_index(
         true_ids: int64 (Q, >= gate.recall_k) exact neighbours of the queries (``exact_search``).
         expected_dim: the dimension of the vectors that will query the index (None: not checked).
         previous_count: vector count of the previous version (None: first version, not checked).
+        query_ids: int64 (Q,) when the queries are stored vectors: each query's own id is excluded from
+            its results, as true_ids must exclude it (``exact_search_excluding_self``).
 
     Returns:
         The GateReport; ``reason`` lists the failed checks.
@@ -163,7 +199,8 @@ def validate_index(
         checks.append(GateCheck("finite_vectors", bad_rows, 0, bad_rows == 0, detail))
 
     if dim_ok and query_vectors.shape[1] == searcher.dim:
-        found_ids, scores = searcher.search(query_vectors, gate.recall_k)
+        exclude = None if query_ids is None else self_exclusions(query_ids)
+        found_ids, scores = searcher.search(query_vectors, gate.recall_k, exclude_per_query=exclude)
         bad_scores = int((~np.isfinite(scores[found_ids >= 0])).sum())
         checks.append(GateCheck("finite_scores", bad_scores, 0, bad_scores == 0, "NaN/inf scores among results"))
         recall = recall_at_k(found_ids, true_ids, gate.recall_k)

@@ -13,7 +13,7 @@ from retrieval.evaluation import plot_recall_qps, sweep_index
 from retrieval.index import build_index
 from retrieval.search import Searcher
 from retrieval.synthetic import clustered_vectors, query_vectors
-from retrieval.validation import exact_search, recall_at_k, validate_index
+from retrieval.validation import exact_search, exact_search_excluding_self, recall_at_k, validate_index
 
 DIM = 32
 
@@ -59,6 +59,28 @@ def test_recall_at_k_counts_overlap() -> None:
     # Query 0 finds 2 of 3; query 1 finds its only true neighbour.
     assert recall_at_k(found, truth, 3) == pytest.approx((2 / 3 + 1.0) / 2)
     assert recall_at_k(found, truth, 1) == pytest.approx((0.0 + 1.0) / 2)
+
+
+def test_stored_vector_queries_leave_themselves_out(data, built) -> None:
+    ids, vectors, _, _ = data
+    picked = np.arange(0, len(ids), 100)
+    query_ids, queries = ids[picked], vectors[picked]
+    with_self, _ = exact_search([(ids, vectors)], queries, 11, "ip")
+    without_self, scores = exact_search_excluding_self([(ids, vectors)], query_ids, queries, 10, "ip")
+    assert (with_self[:, 0] == query_ids).all()  # each stored vector is its own nearest neighbour
+    assert not (without_self == query_ids[:, None]).any()
+    np.testing.assert_array_equal(without_self, with_self[:, 1:])
+    assert (np.diff(scores, axis=1) <= 1e-6).all()
+    # A 1-probe IVF finds the query itself every time: that hit alone would be 1/10 of recall@10.
+    gate = GateConfig(min_recall=0.0)
+    counted_self = validate_index(searcher(built, 1), gate, queries, with_self[:, :10], DIM)
+    left_out = validate_index(searcher(built, 1), gate, queries, without_self, DIM, query_ids=query_ids)
+    recall = {r: next(c.value for c in report.checks if c.name == "recall@10")
+              for r, report in (("self", counted_self), ("loo", left_out))}
+    assert recall["loo"] < recall["self"]
+    sweep = sweep_index(built, IndexConfig(factory_string="IVF64,Flat"), queries, without_self, ks=(10,),
+                        values=[64], repeats=1, query_ids=query_ids)
+    assert sweep["points"][0]["recall@10"] == 1.0  # every list probed: exact, and self is never returned
 
 
 def test_gate_passes_a_good_index(data, built) -> None:
