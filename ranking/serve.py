@@ -4,13 +4,14 @@ Three deployments (``build_app`` wires them; ``conf/serve.yaml`` runs it with ``
 deploy``; ``nearline serve`` starts it on a local Ray):
 
 - ``IndexDeployment`` holds the content and user FAISS indexes with the vectors that query them
-  (GPU via its actor options when ``serve.index_num_gpus`` > 0). Candidate and neighbour requests
-  from all callers are merged by ``@serve.batch`` into one FAISS call per index per batch.
+  (GPU via its actor options when ``serve.index_num_gpus`` > 0); one FAISS call per index per batch.
 - ``RankerDeployment`` holds the ranker scorer with the precomputed user / user-author vectors and
   the post features; one scorer call per batch.
 - ``Ingress`` answers HTTP (``GET /v1/candidates/{user_id}?k=&sources=``, ``POST /v1/neighbors``,
   ``POST /v1/rank``, ``GET /v1/recommend/{user_id}?k=&candidates=``, ``GET /v1/versions``,
-  ``GET /healthz``) and exposes the same operations as handle methods for in-cluster callers.
+  ``GET /healthz``) and exposes the same operations as handle methods for in-cluster callers. It
+  merges concurrent requests from all callers with ``@serve.batch`` and sends each batch to the model
+  deployments as one call (a recommend batch: one candidates call, then one ranker call).
 
 Both model-holding deployments follow the store: a daemon thread polls the CURRENT pointers every
 ``serve.poll_interval_s`` (a ``user_config`` change of ``reload`` polls at once), loads a changed set
@@ -32,6 +33,7 @@ import logging
 import os
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +78,7 @@ from retrieval.store import Store
 log = logging.getLogger("ray.serve")
 
 APP_NAME = "nearline"
+BATCHING_KEYS = ("max_batch_size", "batch_wait_timeout_s")
 LATENCY_BOUNDARIES_MS = [0.5, 1, 2, 3, 5, 7.5, 10, 15, 20, 30, 50, 75, 100, 200, 500, 1000, 2000]
 
 
@@ -110,9 +113,10 @@ def _version_gauge_tags(versions: dict[str, Any] | None) -> dict[str, str]:
 
 
 class _Follower:
-    """Shared by the two model-holding deployments: the bundle holder, batching knobs, version metrics."""
+    """Shared by the two model-holding deployments: the bundle holder, the reload knob, version metrics."""
 
     _holder: BundleHolder
+    _user_config_keys: frozenset[str] = frozenset({"reload"})
 
     def _create_metrics(self) -> None:
         self._version_gauge = metrics.Gauge(
@@ -122,19 +126,12 @@ class _Follower:
         )
         self._swaps = metrics.Counter("nearline_version_swaps", "Bundles swapped in")
         self._refusals = metrics.Counter("nearline_version_refusals", "Published versions refused")
-        self._batch_size = metrics.Histogram(
-            "nearline_batch_size",
-            "Requests per batched call",
-            boundaries=[1, 2, 4, 8, 16, 32, 64, 128, 256],
-            tag_keys=("method",),
-        )
         self._reload_token: Any = None
 
     def _follow(self, name: str, holder: BundleHolder, spec: AppSpec) -> None:
         """Load the first bundle (failing the replica when nothing is servable), then poll."""
         self._name = name
         self._holder = holder
-        self._serve_config = spec.serve
         if not holder.poll():
             raise RuntimeError(f"{name}: no servable version in the store: {holder.last_error}")
         holder.start(spec.serve.poll_interval_s)
@@ -150,32 +147,17 @@ class _Follower:
     def _on_refuse(self, reason: str) -> None:
         self._refusals.inc()
 
-    def _apply_user_config(self, user_config: dict, batched: list) -> None:
-        unknown = set(user_config) - {"max_batch_size", "batch_wait_timeout_s", "reload", "score_weights"}
+    def _apply_reload(self, user_config: dict) -> None:
+        unknown = set(user_config) - self._user_config_keys
         if unknown:
-            raise ValueError(f"unknown user_config key(s) {sorted(unknown)}")
-        size = int(user_config.get("max_batch_size", self._serve_config.batching.max_batch_size))
-        wait = float(
-            user_config.get("batch_wait_timeout_s", self._serve_config.batching.batch_wait_timeout_s)
-        )
-        if size < 1 or wait < 0:
-            raise ValueError(f"max_batch_size must be >= 1 and batch_wait_timeout_s >= 0, got {size}, {wait}")
-        for method in batched:
-            method.set_max_batch_size(size)
-            method.set_batch_wait_timeout_s(wait)
-        self._batching = {"max_batch_size": size, "batch_wait_timeout_s": wait}
+            raise ValueError(f"unknown user_config key(s) {sorted(unknown)} for {self._name}")
         if "reload" in user_config and user_config["reload"] != self._reload_token:
             self._reload_token = user_config["reload"]
             self._holder.poll()
 
     def versions(self) -> dict[str, Any]:
-        """What this deployment serves: pointers, versions tree, load time, last refusal, batching."""
-        status = self._holder.status()
-        status["batching"] = self._batching_status()
-        return status
-
-    def _batching_status(self) -> dict[str, Any]:
-        return dict(self._batching)
+        """What this deployment serves: pointers, versions tree, load time, last refusal."""
+        return self._holder.status()
 
     def _bundle(self) -> Any:
         bundle = self._holder.current
@@ -200,7 +182,8 @@ def _raise_error(result: Any) -> Any:
 
 @serve.deployment(name="IndexDeployment")
 class IndexDeployment(_Follower):
-    """The FAISS indexes and their query vectors; batched candidates and neighbours."""
+    """The FAISS indexes and their query vectors. Each call carries a batch the ingress formed, and is
+    answered with one FAISS search per index."""
 
     def __init__(self, spec: dict[str, Any]) -> None:
         spec_model = AppSpec.model_validate(spec)
@@ -222,56 +205,30 @@ class IndexDeployment(_Follower):
             tag_keys=("method",),
         )
         self._follow("index", holder, spec_model)
-        self._apply_user_config({}, [self._candidates_batch, self._neighbors_batch])
 
     def reconfigure(self, user_config: dict) -> None:
-        self._apply_user_config(user_config, [self._candidates_batch, self._neighbors_batch])
+        self._apply_reload(user_config)
 
-    @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.002)
-    async def _candidates_batch(self, queries: list[CandidateQuery]) -> list[Any]:
-        bundle = self._bundle()  # one bundle for the whole batch, even across a swap
-        self._batch_size.observe(len(queries), tags={"method": "candidates"})
-        results = bundle.candidates(queries)
+    async def candidates(self, queries: list[CandidateQuery]) -> list[Any]:
+        """Per query, its candidates [{post_id, source, score, scores}] (seen posts excluded) or the
+        RequestError that answers it (404 unknown user): one bad query does not fail the batch."""
+        results = self._bundle().candidates(queries)  # one bundle for the whole batch, even across a swap
         for result in results:
             if not isinstance(result, RequestError):
                 self._candidate_count.observe(len(result), tags={"method": "candidates"})
         return results
 
-    @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.002)
-    async def _neighbors_batch(self, queries: list[NeighborQuery]) -> list[Any]:
-        bundle = self._bundle()
-        self._batch_size.observe(len(queries), tags={"method": "neighbors"})
-        return bundle.neighbors(queries)
-
-    async def candidates(self, user_id: int, k: int, sources: tuple[str, ...] = SOURCES) -> list[dict]:
-        """Candidates for a user: [{post_id, source, score, scores}], seen posts excluded.
-
-        Raises:
-            RequestError: 404 unknown user.
-        """
-        return _raise_error(
-            await self._candidates_batch(CandidateQuery(int(user_id), int(k), tuple(sources)))
-        )
-
-    async def neighbors(
-        self, k: int, vector: list[float] | None = None, post_id: int | None = None
-    ) -> list[dict]:
-        """Posts nearest a vector or another post's content vector: [{post_id, score}].
-
-        Raises:
-            RequestError: 422 wrong vector dimension, 404 unknown post.
-        """
-        query = NeighborQuery(
-            k=int(k),
-            vector=None if vector is None else np.asarray(vector, dtype=np.float32),
-            post_id=None if post_id is None else int(post_id),
-        )
-        return _raise_error(await self._neighbors_batch(query))
+    async def neighbors(self, queries: list[NeighborQuery]) -> list[Any]:
+        """Per query, the posts nearest its vector or post [{post_id, score}], or its RequestError
+        (422 wrong vector dimension, 404 unknown post)."""
+        return self._bundle().neighbors(queries)
 
 
 @serve.deployment(name="RankerDeployment")
 class RankerDeployment(_Follower):
-    """The ranker scorer over one ranker version's precomputed vectors; batched scoring."""
+    """The ranker scorer over one ranker version's precomputed vectors; one scorer call per batch."""
+
+    _user_config_keys = frozenset({"reload", "score_weights"})
 
     def __init__(self, spec: dict[str, Any]) -> None:
         import torch
@@ -289,7 +246,6 @@ class RankerDeployment(_Follower):
         )
         self._create_metrics()
         self._follow("ranker", holder, spec_model)
-        self._apply_user_config({}, [self._rank_batch])
 
     def _load(self, store: Store, pointers: dict, spec: AppSpec) -> RankerBundle:
         bundle = load_ranker_bundle(store, pointers, spec.serve, spec.data_path)
@@ -301,38 +257,16 @@ class RankerDeployment(_Follower):
             weights = {str(k): float(v) for k, v in dict(user_config["score_weights"]).items()}
             self._bundle().set_score_weights(weights)  # raises ValueError on unknown tasks
             self._score_weights = weights
-        self._apply_user_config(user_config, [self._rank_batch])
+        self._apply_reload(user_config)
 
-    def _batching_status(self) -> dict[str, Any]:
-        return {**self._batching, "score_weights": self._score_weights}
+    def versions(self) -> dict[str, Any]:
+        return {**super().versions(), "score_weights": self._score_weights}
 
-    @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.002)
-    async def _rank_batch(self, queries: list[RankQuery]) -> list[Any]:
+    async def rank(self, queries: list[RankQuery]) -> tuple[list[Any], tuple[str, ...]]:
+        """Per query, calibrated scores {post_ids, score, probabilities} in its post order, or its
+        RequestError (404 unknown user or posts); and the task names of the probabilities."""
         bundle = self._bundle()
-        self._batch_size.observe(len(queries), tags={"method": "rank"})
-        return [(result, bundle.tasks) for result in bundle.rank(queries)]
-
-    async def _ranked(
-        self, user_id: int, post_ids: list[int], skip_unknown_posts: bool = False
-    ) -> tuple[dict[str, np.ndarray], tuple[str, ...]]:
-        query = RankQuery(int(user_id), np.asarray(post_ids, dtype=np.int64), skip_unknown_posts)
-        result, tasks = await self._rank_batch(query)
-        return _raise_error(result), tasks
-
-    async def rank(self, user_id: int, post_ids: list[int]) -> list[dict]:
-        """Calibrated scores in the given post order: [{post_id, score, probabilities}].
-
-        Raises:
-            RequestError: 404 unknown user or posts.
-        """
-        result, tasks = await self._ranked(user_id, post_ids)
-        return rank_response(result, tasks)
-
-    async def rank_scores(self, user_id: int, post_ids: list[int]) -> list[float]:
-        """Only the weighted scores, in post order (what recommend needs; far less to serialise).
-        Posts this ranker version does not know yet score -inf (see RankQuery.skip_unknown_posts)."""
-        result, _ = await self._ranked(user_id, post_ids, skip_unknown_posts=True)
-        return result["score"].tolist()
+        return bundle.rank(queries), bundle.tasks
 
 
 # A replica that stops (rolling update, scale-down, crash) fails the calls it held with one of these.
@@ -357,9 +291,19 @@ def _unwrap_error(exc: BaseException) -> RequestError | None:
     return cause if isinstance(cause, RequestError) else None
 
 
+@dataclass(frozen=True)
+class _RecommendQuery:
+    user_id: int
+    k: int
+    num_candidates: int
+
+
 @serve.deployment(name="Ingress")
 class Ingress:
-    """HTTP edge and handle API: validates requests, calls the index and ranker deployments."""
+    """HTTP edge and handle API: validates requests, batches them across callers (``@serve.batch``, knobs
+    in ``serve.batching`` and the ``user_config``), and sends each batch to the index and ranker
+    deployments as one call. Batching here, where callers fan in, spares the per-request hop to the model
+    deployments, which on a small machine costs more than the FAISS and ranker work itself."""
 
     def __init__(
         self, index: DeploymentHandle, ranker: DeploymentHandle, serve_config: dict[str, Any]
@@ -378,30 +322,121 @@ class Ingress:
             "HTTP requests",
             tag_keys=("route", "status"),  # type: ignore[arg-type]
         )
+        self._batch_size = metrics.Histogram(
+            "nearline_batch_size",
+            "Requests per batched call to a model deployment",
+            boundaries=[1, 2, 4, 8, 16, 32, 64, 128, 256],
+            tag_keys=("method",),
+        )
+        self.reconfigure({})
+
+    def reconfigure(self, user_config: dict) -> None:
+        unknown = set(user_config) - set(BATCHING_KEYS)
+        if unknown:
+            raise ValueError(
+                f"unknown user_config key(s) {sorted(unknown)} for Ingress, expected {BATCHING_KEYS}"
+            )
+        size = int(user_config.get("max_batch_size", self._config.batching.max_batch_size))
+        wait = float(user_config.get("batch_wait_timeout_s", self._config.batching.batch_wait_timeout_s))
+        if size < 1 or wait < 0:
+            raise ValueError(f"max_batch_size must be >= 1 and batch_wait_timeout_s >= 0, got {size}, {wait}")
+        for method in (
+            self._candidates_batch,
+            self._neighbors_batch,
+            self._rank_batch,
+            self._recommend_batch,
+        ):
+            method.set_max_batch_size(size)
+            method.set_batch_wait_timeout_s(wait)
+        self._batching = {"max_batch_size": size, "batch_wait_timeout_s": wait}
+
+    # ---- batched calls to the model deployments: one list in, one result (or RequestError) per query out
+    @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.002)
+    async def _candidates_batch(self, queries: list[CandidateQuery]) -> list[Any]:
+        self._batch_size.observe(len(queries), tags={"method": "candidates"})
+        return await _read(self._index.candidates, queries)
+
+    @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.002)
+    async def _neighbors_batch(self, queries: list[NeighborQuery]) -> list[Any]:
+        self._batch_size.observe(len(queries), tags={"method": "neighbors"})
+        return await _read(self._index.neighbors, queries)
+
+    @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.002)
+    async def _rank_batch(self, queries: list[RankQuery]) -> list[Any]:
+        self._batch_size.observe(len(queries), tags={"method": "rank"})
+        results, tasks = await _read(self._ranker.rank, queries)
+        return [result if isinstance(result, RequestError) else (result, tasks) for result in results]
+
+    @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.002)
+    async def _recommend_batch(self, queries: list[_RecommendQuery]) -> list[Any]:
+        self._batch_size.observe(len(queries), tags={"method": "recommend"})
+        candidate_lists = await _read(
+            self._index.candidates, [CandidateQuery(q.user_id, q.num_candidates, SOURCES) for q in queries]
+        )
+        # Errors (unknown user) and empty candidate sets are answers already; the rest go to the ranker.
+        results: list[Any] = list(candidate_lists)
+        to_rank = [i for i, c in enumerate(candidate_lists) if not isinstance(c, RequestError) and c]
+        if to_rank:
+            rank_queries = [
+                RankQuery(
+                    queries[i].user_id,
+                    np.fromiter((c["post_id"] for c in candidate_lists[i]), dtype=np.int64),
+                    skip_unknown_posts=True,
+                )
+                for i in to_rank
+            ]
+            ranked, _ = await _read(self._ranker.rank, rank_queries)
+            for i, scored in zip(to_rank, ranked, strict=True):
+                results[i] = (
+                    scored
+                    if isinstance(scored, RequestError)
+                    else select_top(candidate_lists[i], scored["score"], queries[i].k)
+                )
+        return results
 
     # ---- handle API (in-cluster callers); HTTP routes use the same methods
     async def candidates(
         self, user_id: int, k: int | str | None = None, sources: tuple[str, ...] = SOURCES
     ) -> list[dict]:
+        """Candidates for a user: [{post_id, source, score, scores}], seen posts excluded.
+
+        Raises:
+            RequestError: 422 bad k, 404 unknown user.
+        """
         k = parse_k(k, self._config.default_k, self._config.max_k)
-        return await _read(self._index.candidates, user_id, k, tuple(sources))
+        return _raise_error(await self._candidates_batch(CandidateQuery(int(user_id), k, tuple(sources))))
 
     async def neighbors(
         self, k: int | None = None, vector: list[float] | None = None, post_id: int | None = None
-    ):
+    ) -> list[dict]:
+        """Posts nearest a vector or another post's content vector: [{post_id, score}].
+
+        Raises:
+            RequestError: 422 bad k or vector dimension, 404 unknown post.
+        """
         query = validate_neighbors({"k": k, "vector": vector, "post_id": post_id}, self._config)
-        vector_list = None if query.vector is None else query.vector.tolist()
-        return await _read(self._index.neighbors, query.k, vector_list, query.post_id)
+        return _raise_error(await self._neighbors_batch(query))
 
     async def rank(self, user_id: int, post_ids: list[int]) -> list[dict]:
+        """Calibrated scores in the given post order: [{post_id, score, probabilities}].
+
+        Raises:
+            RequestError: 422 bad body, 404 unknown user or posts.
+        """
         query = validate_rank({"user_id": user_id, "post_ids": list(post_ids)}, self._config)
         if len(query.post_ids) == 0:
             return []
-        return await _read(self._ranker.rank, query.user_id, query.post_ids.tolist())
+        result, tasks = _raise_error(await self._rank_batch(RankQuery(query.user_id, query.post_ids)))
+        return rank_response(result, tasks)
 
     async def recommend(
         self, user_id: int, k: int | str | None = None, num_candidates: int | str | None = None
     ) -> list[dict]:
+        """The user's candidates ranked, top k: [{post_id, source, score, ...}].
+
+        Raises:
+            RequestError: 422 bad k or candidates, 404 unknown user.
+        """
         k = parse_k(k, self._config.recommend_top_k, self._config.max_k)
         num_candidates = parse_k(
             num_candidates,
@@ -409,11 +444,7 @@ class Ingress:
             self._config.max_recommend_candidates,
             name="candidates",
         )
-        candidates = await _read(self._index.candidates, user_id, num_candidates, SOURCES)
-        if not candidates:
-            return []
-        scores = await _read(self._ranker.rank_scores, user_id, [c["post_id"] for c in candidates])
-        return select_top(candidates, np.asarray(scores), k)
+        return _raise_error(await self._recommend_batch(_RecommendQuery(int(user_id), k, num_candidates)))
 
     async def versions(self) -> dict[str, Any]:
         index, ranker = await asyncio.gather(_read(self._index.versions), _read(self._ranker.versions))
@@ -421,7 +452,12 @@ class Ingress:
         for part in (index, ranker):
             for kind, artifacts in (part.get("versions") or {}).items():
                 serving.setdefault(kind, {}).update(artifacts)
-        return {"serving": serving, "index_deployment": index, "ranker_deployment": ranker}
+        return {
+            "serving": serving,
+            "index_deployment": index,
+            "ranker_deployment": ranker,
+            "ingress": {"batching": dict(self._batching)},
+        }
 
     # ---- HTTP
     async def __call__(self, request: Request) -> JSONResponse:
@@ -473,10 +509,8 @@ class Ingress:
             items = await self.recommend(user_id, params.get("k"), params.get("candidates"))
             return {"user_id": user_id, "items": items}
         if route == "neighbors":
-            body = parse_json_object(await request.body())
-            query = validate_neighbors(body, self._config)
-            vector = None if query.vector is None else query.vector.tolist()
-            return {"neighbors": await _read(self._index.neighbors, query.k, vector, query.post_id)}
+            query = validate_neighbors(parse_json_object(await request.body()), self._config)
+            return {"neighbors": _raise_error(await self._neighbors_batch(query))}
         if route == "rank":
             body = parse_json_object(await request.body())
             rank_query = validate_rank(body, self._config)
@@ -516,14 +550,16 @@ def build_app_from_spec(spec: AppSpec, user_config: dict[str, Any] | None = None
 
     Args:
         spec: paths and configs.
-        user_config: live knobs (max_batch_size, batch_wait_timeout_s, reload; score_weights for the
-            ranker) given to both model deployments; redeploying with a new one reconfigures the
-            running replicas without restarting them.
+        user_config: live knobs: max_batch_size and batch_wait_timeout_s go to the ingress, reload to
+            both model deployments, score_weights to the ranker; redeploying with a new one reconfigures
+            the running replicas without restarting them.
     """
     cfg = spec.serve
     spec_dict = spec.model_dump(mode="json")
     common = {"num_replicas": cfg.num_replicas, "max_ongoing_requests": cfg.max_ongoing_requests}
-    index_user_config = {k: v for k, v in (user_config or {}).items() if k != "score_weights"}
+    ranker_user_config = {k: v for k, v in (user_config or {}).items() if k not in BATCHING_KEYS}
+    index_user_config = {k: v for k, v in ranker_user_config.items() if k != "score_weights"}
+    ingress_user_config = {k: v for k, v in (user_config or {}).items() if k in BATCHING_KEYS}
     index = IndexDeployment.options(  # type: ignore[attr-defined]
         ray_actor_options={
             "num_cpus": cfg.index_num_cpus,
@@ -535,10 +571,12 @@ def build_app_from_spec(spec: AppSpec, user_config: dict[str, Any] | None = None
         **common,
     ).bind(spec_dict)
     ranker = RankerDeployment.options(  # type: ignore[attr-defined]
-        ray_actor_options={"num_cpus": cfg.ranker_num_cpus}, user_config=user_config or None, **common
+        ray_actor_options={"num_cpus": cfg.ranker_num_cpus}, user_config=ranker_user_config or None, **common
     ).bind(spec_dict)
     ingress = Ingress.options(  # type: ignore[attr-defined]
-        ray_actor_options={"num_cpus": cfg.ingress_num_cpus}, **common
+        ray_actor_options={"num_cpus": cfg.ingress_num_cpus},
+        user_config=ingress_user_config or None,
+        **common,
     )
     return ingress.bind(index, ranker, cfg.model_dump(mode="json"))
 

@@ -118,7 +118,7 @@ def serving_store(tmp_path_factory) -> dict:
     return {"root": root, "config": str(nearline_config), "versions": versions}
 
 
-def serve_config_copy(nearline_config: str, port: int, overrides: list[str], ranker_batch: int) -> dict:
+def serve_config_copy(nearline_config: str, port: int, overrides: list[str], batch_size: int) -> dict:
     """conf/serve.yaml with the edits a deployment makes: what to serve, where, and CPU shares."""
     spec = yaml.safe_load((REPO_ROOT / "conf" / "serve.yaml").read_text())
     spec["http_options"]["port"] = port
@@ -131,8 +131,8 @@ def serve_config_copy(nearline_config: str, port: int, overrides: list[str], ran
         # A stopping replica keeps answering what routers still send it while they learn it is going.
         deployment["graceful_shutdown_wait_loop_s"] = 5
         deployment["graceful_shutdown_timeout_s"] = 60
-        if deployment["name"] == "RankerDeployment":
-            deployment["user_config"]["max_batch_size"] = ranker_batch
+        if deployment["name"] == "Ingress":
+            deployment["user_config"]["max_batch_size"] = batch_size
     return spec
 
 
@@ -153,8 +153,8 @@ def _replica_ids(app: dict) -> set[str]:
             if r.get("state") == "RUNNING"}
 
 
-def _wait_running(head: dict, client: httpx.Client, ranker_batch: int, timeout_s: float) -> dict:
-    """Wait until the app is RUNNING and the ranker reports the wanted batch size over HTTP."""
+def _wait_running(head: dict, client: httpx.Client, batch_size: int, timeout_s: float) -> dict:
+    """Wait until the app is RUNNING and the ingress reports the wanted batch size over HTTP."""
     deadline = time.monotonic() + timeout_s
     app: dict = {}
     while time.monotonic() < deadline:
@@ -164,12 +164,12 @@ def _wait_running(head: dict, client: httpx.Client, ranker_batch: int, timeout_s
         ):
             try:
                 versions = client.get("/v1/versions").json()
-                if versions["ranker_deployment"]["batching"]["max_batch_size"] == ranker_batch:
+                if versions["ingress"]["batching"]["max_batch_size"] == batch_size:
                     return app
             except (httpx.HTTPError, KeyError, ValueError):
                 pass
         time.sleep(1)
-    raise TimeoutError(f"app not RUNNING with ranker batch {ranker_batch} after {timeout_s} s: {app}")
+    raise TimeoutError(f"app not RUNNING with batch size {batch_size} after {timeout_s} s: {app}")
 
 
 class ClosedLoopLoad:
@@ -215,7 +215,7 @@ class ClosedLoopLoad:
 def test_serve_deploy_query_and_rolling_update_without_failed_requests(ray_head, serving_store, tmp_path):
     port = _free_port()
     base_url = f"http://127.0.0.1:{port}"
-    first = serve_config_copy(serving_store["config"], port, overrides=[], ranker_batch=64)
+    first = serve_config_copy(serving_store["config"], port, overrides=[], batch_size=64)
     _serve_deploy(first, tmp_path / "serve-v1.yaml", ray_head)
     with httpx.Client(base_url=base_url, timeout=30) as client:
         app_before = _wait_running(ray_head, client, 64, DEPLOY_TIMEOUT_S)
@@ -227,7 +227,7 @@ def test_serve_deploy_query_and_rolling_update_without_failed_requests(ray_head,
 
         # New args replace every replica (a rolling update); the new batch size is a user_config change.
         second = serve_config_copy(serving_store["config"], port, overrides=["serve.poll_interval_s=1.5"],
-                                   ranker_batch=16)
+                                   batch_size=16)
         with ClosedLoopLoad(base_url) as load:
             time.sleep(2)  # requests in flight before the update starts
             before_update = load.ok
@@ -239,4 +239,4 @@ def test_serve_deploy_query_and_rolling_update_without_failed_requests(ray_head,
         assert before_update > 0 and load.ok > before_update
         assert load.failures == [], load.failures[:10]
         assert not _replica_ids(app_before) & _replica_ids(app_after), "replicas were not replaced"
-        assert client.get("/v1/versions").json()["ranker_deployment"]["batching"]["max_batch_size"] == 16
+        assert client.get("/v1/versions").json()["ingress"]["batching"]["max_batch_size"] == 16

@@ -117,6 +117,21 @@ def test_handles_give_the_same_operations(app):
     assert "424242" in str(info.value)
 
 
+def test_concurrent_requests_are_batched_and_answered_each_their_own(app):
+    handle = app["handle"]
+    users = [3, 7, 11, 424242, 19, 23]  # one unknown user among them must not fail the others' batch
+    alone = {u: handle.recommend.remote(u, 5, 60).result() for u in users if u != 424242}
+    responses = [handle.recommend.remote(u, 5, 60) for u in users]  # all in flight together
+    for user, response in zip(users, responses, strict=True):
+        if user == 424242:
+            with pytest.raises(Exception, match="424242"):
+                response.result()
+        else:
+            assert response.result() == alone[user]
+    batching = app["client"].get("/v1/versions").json()["ingress"]["batching"]
+    assert batching == {"max_batch_size": 64, "batch_wait_timeout_s": 0.002}
+
+
 def test_hot_swap_and_rollback_under_load_drop_no_request(app):
     client = app["client"]
     base = str(client.base_url)
