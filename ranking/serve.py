@@ -328,7 +328,15 @@ class Ingress:
             boundaries=[1, 2, 4, 8, 16, 32, 64, 128, 256],
             tag_keys=("method",),
         )
+        # Batches and requests per method since start: the mean batch size without a metrics backend.
+        self._batch_totals: dict[str, list[int]] = {}
         self.reconfigure({})
+
+    def _observe_batch(self, method: str, size: int) -> None:
+        self._batch_size.observe(size, tags={"method": method})
+        totals = self._batch_totals.setdefault(method, [0, 0])
+        totals[0] += 1
+        totals[1] += size
 
     def reconfigure(self, user_config: dict) -> None:
         unknown = set(user_config) - set(BATCHING_KEYS)
@@ -353,23 +361,23 @@ class Ingress:
     # ---- batched calls to the model deployments: one list in, one result (or RequestError) per query out
     @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.002)
     async def _candidates_batch(self, queries: list[CandidateQuery]) -> list[Any]:
-        self._batch_size.observe(len(queries), tags={"method": "candidates"})
+        self._observe_batch("candidates", len(queries))
         return await _read(self._index.candidates, queries)
 
     @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.002)
     async def _neighbors_batch(self, queries: list[NeighborQuery]) -> list[Any]:
-        self._batch_size.observe(len(queries), tags={"method": "neighbors"})
+        self._observe_batch("neighbors", len(queries))
         return await _read(self._index.neighbors, queries)
 
     @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.002)
     async def _rank_batch(self, queries: list[RankQuery]) -> list[Any]:
-        self._batch_size.observe(len(queries), tags={"method": "rank"})
+        self._observe_batch("rank", len(queries))
         results, tasks = await _read(self._ranker.rank, queries)
         return [result if isinstance(result, RequestError) else (result, tasks) for result in results]
 
     @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.002)
     async def _recommend_batch(self, queries: list[_RecommendQuery]) -> list[Any]:
-        self._batch_size.observe(len(queries), tags={"method": "recommend"})
+        self._observe_batch("recommend", len(queries))
         candidate_lists = await _read(
             self._index.candidates, [CandidateQuery(q.user_id, q.num_candidates, SOURCES) for q in queries]
         )
@@ -456,7 +464,13 @@ class Ingress:
             "serving": serving,
             "index_deployment": index,
             "ranker_deployment": ranker,
-            "ingress": {"batching": dict(self._batching)},
+            "ingress": {
+                "batching": dict(self._batching),
+                "batches_since_start": {
+                    method: {"batches": batches, "requests": requests}
+                    for method, (batches, requests) in self._batch_totals.items()
+                },
+            },
         }
 
     # ---- HTTP

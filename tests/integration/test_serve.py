@@ -128,8 +128,10 @@ def test_concurrent_requests_are_batched_and_answered_each_their_own(app):
                 response.result()
         else:
             assert response.result() == alone[user]
-    batching = app["client"].get("/v1/versions").json()["ingress"]["batching"]
-    assert batching == {"max_batch_size": 64, "batch_wait_timeout_s": 0.002}
+    ingress = app["client"].get("/v1/versions").json()["ingress"]
+    assert ingress["batching"] == {"max_batch_size": 64, "batch_wait_timeout_s": 0.002}
+    totals = ingress["batches_since_start"]["recommend"]
+    assert totals["requests"] > totals["batches"]  # requests in flight together shared a call
 
 
 def test_hot_swap_and_rollback_under_load_drop_no_request(app):
