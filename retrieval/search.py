@@ -125,6 +125,11 @@ class Searcher:
         return self._cpu_index
 
     @property
+    def device_index(self) -> faiss.Index:
+        """The index plain searches run on: the GPU copy when there is one, else the CPU index."""
+        return self._gpu_index if self._gpu_index is not None else self._cpu_index
+
+    @property
     def on_gpu(self) -> bool:
         return self._gpu_index is not None
 
