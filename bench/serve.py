@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import socket
 import tempfile
 import threading
@@ -107,6 +108,37 @@ async def _closed_loop(base: str, paths: list[str], concurrency: int, seconds: f
         "qps": round(len(latencies) / elapsed, 1),
         **_percentiles(latencies),
     }
+
+
+def _process_cpu_s() -> dict[str, float]:
+    """CPU seconds (user + system) so far of each Ray process on this machine, by Ray's process title
+    (``ray::ServeReplica:nearline:Ingress``, ``ray::ProxyActor``, ...; raylet and GCS by executable)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    totals: dict[str, float] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            command = (stat.parent / "cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # the process ended while being read
+            continue
+        if command.startswith("ray::"):
+            name = command.split()[0]
+        elif "/ray/" in command and Path(command).name in ("raylet", "gcs_server"):
+            name = Path(command).name
+        else:
+            continue
+        totals[name] = totals.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / ticks
+    return totals
+
+
+def _cpu_ms_per_request(
+    before: dict[str, float], after: dict[str, float], client_s: float, requests: int
+) -> dict:
+    """Where the CPU of a load level went, in ms per request, by process (and the load generator's own)."""
+    spent = {name: after[name] - before.get(name, 0.0) for name in after}
+    spent = {name.removeprefix("ray::"): seconds for name, seconds in spent.items() if seconds > 0.05}
+    spent["load generator (this process)"] = client_s
+    return {name: round(seconds * 1000 / max(requests, 1), 2) for name, seconds in sorted(spent.items())}
 
 
 def _batch_totals(base: str, method: str) -> dict[str, int]:
@@ -359,8 +391,15 @@ def main() -> None:
         load: dict = {"candidates": [], "recommend": []}
         for level in args.concurrency:
             for name, paths in (("candidates", candidate_paths), ("recommend", recommend_paths)):
-                before = _batch_totals(base, name)
+                before, cpu_before, client_before = (
+                    _batch_totals(base, name),
+                    _process_cpu_s(),
+                    time.process_time(),
+                )
                 row = asyncio.run(_closed_loop(base, paths, level, args.seconds))
+                row["cpu_ms_per_request"] = _cpu_ms_per_request(
+                    cpu_before, _process_cpu_s(), time.process_time() - client_before, row["requests"]
+                )
                 row["mean_batch_size"] = _mean_batch_size(before, _batch_totals(base, name))
                 load[name].append(row)
                 print(name, row)
@@ -475,6 +514,24 @@ def _markdown(result: dict) -> str:
                 f"| {name} | {row['concurrency']} | {row['p50_ms']} | {row['p99_ms']} | {row['qps']} | "
                 f"{row['errors']} | {row['mean_batch_size']} |"
             )
+    top_rows = {
+        name: max(result["load"][name], key=lambda r: r["concurrency"])
+        for name in ("candidates", "recommend")
+    }
+    processes = sorted({p for row in top_rows.values() for p in row["cpu_ms_per_request"]})
+    lines += [
+        "",
+        f"CPU per request by process at {top_rows['recommend']['concurrency']} clients (ms; from /proc, "
+        "so what each process burns, wherever it waits):",
+        "",
+        "| process | " + " | ".join(top_rows) + " |",
+        "|---|" + "---:|" * len(top_rows),
+    ]
+    for process in processes:
+        cells = " | ".join(str(row["cpu_ms_per_request"].get(process, "-")) for row in top_rows.values())
+        lines.append(f"| {process} | {cells} |")
+    totals = " | ".join(str(round(sum(row["cpu_ms_per_request"].values()), 2)) for row in top_rows.values())
+    lines.append(f"| **total** | {totals} |")
     ip = result["in_process"]
     low = {name: result["load"][name][0] for name in ("candidates", "recommend")}
     lines += [
