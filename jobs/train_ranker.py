@@ -1,4 +1,5 @@
-"""`nearline ranker train`: fit the discretizer in Spark, train (warm-started), calibrate, publish.
+"""`nearline ranker train`: read the training rows (Spark), fit the discretizer, train (warm-started),
+calibrate, publish.
 
 Reads:  store features/ranking/<current>/data/{train,validation,test} (Parquet written by `nearline features`);
         store models/ranker/<parent> when warm starting.
@@ -30,7 +31,24 @@ from ranking.training import TrainResult, evaluate, load_parent_state, load_rank
 from retrieval.store import Store
 
 CONTENT_VECTOR_COLUMN = "post_content_vector"
-QUANTILE_RELATIVE_ERROR = 1e-3
+ROW_KEY = ("ts_us", "user_id", "post_id")  # one training row per impression
+SAMPLE_BUCKETS = 1_000_000
+
+
+def column_quantiles(
+    frame: pd.DataFrame, names: Sequence[str], probabilities: Sequence[float]
+) -> dict[str, list[float]]:
+    """Exact quantiles of each column over its values that are not NaN ([] for a column with none).
+
+    Exact, on rows the driver already holds: Spark's approxQuantile merges per-partition summaries,
+    so its answer moves with how the input is split into partitions.
+    """
+    quantiles = {}
+    for name in names:
+        values = frame[name].to_numpy(dtype=np.float64, na_value=np.nan)
+        values = values[~np.isnan(values)]
+        quantiles[name] = np.quantile(values, probabilities, method="inverted_cdf").tolist() if len(values) else []
+    return quantiles
 
 
 def frame_columns(frame: pd.DataFrame, config: RankerConfig) -> dict[str, np.ndarray]:
@@ -152,25 +170,22 @@ def run(config: NearlineConfig, warm_start_from: str, sample_fraction: float, pu
     spark = build_spark_session(config.spark, expected_rows=1_000_000, app_suffix="ranker-train")
     train_frame = spark.read.parquet(f"{features_dir}/train")
     if sample_fraction < 1.0:
-        train_frame = train_frame.sample(fraction=sample_fraction, seed=ranker.training.seed)
-    train_frame = train_frame.cache()
-    num_train = train_frame.count()
-    if num_train == 0:
+        # A hash of the row's key, not DataFrame.sample: that one draws per partition, and how the
+        # features files split into partitions differs between runs of `nearline features`.
+        bucket = F.pmod(F.xxhash64(*ROW_KEY, F.lit(ranker.training.seed)), F.lit(SAMPLE_BUCKETS))
+        train_frame = train_frame.where(bucket < int(sample_fraction * SAMPLE_BUCKETS))
+    # Sorted by key so that the model does not depend on the order the files were read in.
+    train_pd = train_frame.toPandas().sort_values(list(ROW_KEY), ignore_index=True)
+    if len(train_pd) == 0:
         raise ValueError(
             f"features {features_version}: the training window is empty (sample fraction {sample_fraction})"
         )
-    quantile_sample = train_frame
-    if num_train > ranker.discretizer.sample_size:
-        quantile_sample = train_frame.sample(fraction=ranker.discretizer.sample_size / num_train, seed=1)
-    names = list(ranker.continuous_features)
-    probabilities = quantile_probabilities(ranker.discretizer.num_bins)
-    # approxQuantile skips nulls; NaN is cast to null so missing values do not become a boundary.
-    finite = quantile_sample.select(*[F.nanvl(F.col(n).cast("double"), F.lit(None)).alias(n) for n in names])
-    quantiles = dict(
-        zip(names, finite.approxQuantile(names, probabilities, QUANTILE_RELATIVE_ERROR), strict=True)
+    quantile_sample = train_pd
+    if len(train_pd) > ranker.discretizer.sample_size:
+        quantile_sample = train_pd.sample(n=ranker.discretizer.sample_size, random_state=1)
+    quantiles = column_quantiles(
+        quantile_sample, ranker.continuous_features, quantile_probabilities(ranker.discretizer.num_bins)
     )
-    train_pd = train_frame.toPandas()
-    train_frame.unpersist()
     val_pd = pd.read_parquet(f"{features_dir}/validation")
     test_pd = pd.read_parquet(f"{features_dir}/test")
     if len(val_pd) == 0:
@@ -248,7 +263,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("ranker", help="train the split-network ranker")
     actions = parser.add_subparsers(dest="ranker_command", metavar="ACTION", required=True)
     train = actions.add_parser(
-        "train", help="fit discretizer (Spark), train, calibrate, publish models/ranker"
+        "train", help="read features (Spark), fit discretizer, train, calibrate, publish models/ranker"
     )
     train.add_argument(
         "--warm-start-from",
