@@ -160,6 +160,7 @@ def train_from_dataset(spark, config: NearlineConfig, store, publish: bool) -> t
     from embeddings.content_encoder import save_content_model
     from embeddings.training import train_content_model
     from jobs.extract_emoji_labels import emoji_examples, extract_post_emojis, label_set
+    from jobs.io import write_parquet_deterministic
     from retrieval.store import config_hash
 
     content = config.content
@@ -172,7 +173,7 @@ def train_from_dataset(spark, config: NearlineConfig, store, publish: bool) -> t
         manifest = {"producer": "nearline content train", "input": {"posts": posts_path},
                     "config_hash": config_hash(content), "labels": labels}
         with store.stage("models", "content", manifest=manifest) as staged:
-            examples.orderBy("post_id", "label").write.mode("overwrite").parquet(staged.data_path)
+            write_parquet_deterministic(examples.orderBy("post_id", "label"), staged.data_path)
             with open(os.path.join(staged.path, "training_labels.json"), "w", encoding="utf-8") as f:
                 json.dump(labels, f, ensure_ascii=False)
             rows = pq.read_table(staged.data_path).to_pandas()
