@@ -71,6 +71,13 @@ def spark_submit_command(
 def _handle(args: argparse.Namespace, config: NearlineConfig) -> int:
     if not args.job_args:
         raise ValueError("submit needs a job, e.g. `nearline submit generate`")
+    if config.spark.master.startswith("sc://"):
+        # spark-submit launches a driver JVM; a Connect client has none, its driver is the server.
+        raise ValueError(
+            f"spark.master={config.spark.master} is a Spark Connect server, which takes no spark-submit: "
+            f"run the job itself, e.g. `nearline --set spark.master={config.spark.master} "
+            f"{shlex.join(args.job_args)}`; submit expects a classic master (spark://, yarn, k8s://, local[*])"
+        )
     repo_root = Path(__file__).resolve().parent.parent
     code_zip = build_code_zip(repo_root, Path(args.build_dir))
     config_path = args.config_file or args.config_path

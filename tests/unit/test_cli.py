@@ -51,7 +51,13 @@ def test_submit_prints_spark_submit_with_shipped_code(tmp_path, capsys):
     assert (tmp_path / "nearline-code.zip").stat().st_size > 0
 
 
-def test_generate_refuses_spark_connect_with_the_reason(capsys):
-    assert main(["--set", "spark.master=sc://127.0.0.1:15002", "generate"]) == 2
-    err = capsys.readouterr().err
-    assert "cannot run on Spark Connect" in err and "sparkContext.broadcast" in err
+def test_submit_to_a_connect_server_says_to_run_the_job_directly(tmp_path, capsys):
+    code = main(["--set", "spark.master=sc://127.0.0.1:15002", "submit", "--run", "--build-dir", str(tmp_path),
+                 "features"])
+    assert code == 2
+    assert capsys.readouterr().err.strip() == (
+        "error: spark.master=sc://127.0.0.1:15002 is a Spark Connect server, which takes no spark-submit: run the "
+        "job itself, e.g. `nearline --set spark.master=sc://127.0.0.1:15002 features`; submit expects a classic "
+        "master (spark://, yarn, k8s://, local[*])"
+    )
+    assert not list(tmp_path.iterdir())
