@@ -47,7 +47,8 @@ def spark_submit_command(
                "--name", f"{spark.app_name}-{job_args[0] if job_args else 'job'}",
                "--py-files", str(code_zip), "--conf", f"spark.driver.memory={spark.driver_memory}",
                "--conf", "spark.sql.execution.arrow.pyspark.enabled=true",
-               "--conf", "spark.sql.session.timeZone=UTC"]
+               "--conf", "spark.sql.session.timeZone=UTC",
+               "--conf", f"spark.ui.enabled={str(spark.ui_enabled).lower()}"]
     if spark.executor_memory:
         command += ["--executor-memory", spark.executor_memory]
     if spark.executor_cores:
