@@ -101,13 +101,14 @@ def standalone_cluster(tmp_path_factory):
         master_log = logs / "master.log"
         processes.append(subprocess.Popen(
             [spark_class, "org.apache.spark.deploy.master.Master", "--host", "127.0.0.1", "--port", str(port),
-             "--webui-port", str(_free_port())], stdout=master_log.open("w"), stderr=subprocess.STDOUT))
+             "--webui-port", str(_free_port())], stdout=master_log.open("w"), stderr=subprocess.STDOUT,
+            env=_spark_env()))
         _wait_for(master_log, "I have been elected leader", processes[0])
         worker_log = logs / "worker.log"
         processes.append(subprocess.Popen(
             [spark_class, "org.apache.spark.deploy.worker.Worker", url, "--host", "127.0.0.1", "--cores", "2",
              "--memory", "2g", "--webui-port", str(_free_port()), "--work-dir", str(logs / "work")],
-            stdout=worker_log.open("w"), stderr=subprocess.STDOUT))
+            stdout=worker_log.open("w"), stderr=subprocess.STDOUT, env=_spark_env()))
         _wait_for(worker_log, "Successfully registered with master", processes[1])
         yield StandaloneCluster(url, logs / "work")
     finally:
