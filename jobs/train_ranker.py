@@ -19,6 +19,7 @@ import json
 import os
 import time
 from collections.abc import Callable, Sequence
+from typing import cast
 
 import numpy as np
 import pandas as pd
@@ -37,13 +38,13 @@ SAMPLE_BUCKETS = 1_000_000
 
 def column_quantiles(
     frame: pd.DataFrame, names: Sequence[str], probabilities: Sequence[float]
-) -> dict[str, list[float]]:
+) -> dict[str, Sequence[float]]:
     """Exact quantiles of each column over its values that are not NaN ([] for a column with none).
 
     Exact, on rows the driver already holds: Spark's approxQuantile merges per-partition summaries,
     so its answer moves with how the input is split into partitions.
     """
-    quantiles = {}
+    quantiles: dict[str, Sequence[float]] = {}
     for name in names:
         values = frame[name].to_numpy(dtype=np.float64, na_value=np.nan)
         values = values[~np.isnan(values)]
@@ -175,7 +176,7 @@ def run(config: NearlineConfig, warm_start_from: str, sample_fraction: float, pu
         bucket = F.pmod(F.xxhash64(*ROW_KEY, F.lit(ranker.training.seed)), F.lit(SAMPLE_BUCKETS))
         train_frame = train_frame.where(bucket < int(sample_fraction * SAMPLE_BUCKETS))
     # Sorted by key so that the model does not depend on the order the files were read in.
-    train_pd = train_frame.toPandas().sort_values(list(ROW_KEY), ignore_index=True)
+    train_pd = cast(pd.DataFrame, train_frame.toPandas()).sort_values(list(ROW_KEY), ignore_index=True)
     if len(train_pd) == 0:
         raise ValueError(
             f"features {features_version}: the training window is empty (sample fraction {sample_fraction})"
