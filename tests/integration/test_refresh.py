@@ -102,7 +102,8 @@ def test_killed_refresh_publishes_nothing_half_and_the_next_one_recovers(first_r
     config, overrides = refresh_config
     store = Store(config.store.root)
     # A new content index spec: every upstream stage is reused, so the child gets to the index build fast.
-    changed = [*overrides, "indexes.content.search.nprobe=7"]
+    # (Probing more lists than the default keeps the index well above the gate's recall floor.)
+    changed = [*overrides, "indexes.content.search.nprobe=40"]
     args = [sys.executable, "-m", "jobs.cli", *[a for o in changed for a in ("--set", o)], "refresh"]
     child = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.monotonic() + 300
@@ -123,7 +124,7 @@ def test_killed_refresh_publishes_nothing_half_and_the_next_one_recovers(first_r
     statuses = {s["name"]: s["status"] for s in record["stages"]}
     assert statuses["features"] == "skipped" and statuses["ranker"] == "skipped"
     index = store.manifest("indexes", "content", store.current("indexes", "content"))
-    assert index["spec"]["search"]["nprobe"] == 7
+    assert index["spec"]["search"]["nprobe"] == 40
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="tmpfs quota simulation needs Linux")
