@@ -37,7 +37,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import ray
 from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
@@ -66,9 +65,10 @@ from ranking.serving_state import (
     parse_k,
     parse_sources,
     parse_user_id,
+    rank_queries_for,
     rank_response,
     read_pointers,
-    select_top,
+    recommendations,
     validate_neighbors,
     validate_rank,
 )
@@ -381,26 +381,9 @@ class Ingress:
         candidate_lists = await _read(
             self._index.candidates, [CandidateQuery(q.user_id, q.num_candidates, SOURCES) for q in queries]
         )
-        # Errors (unknown user) and empty candidate sets are answers already; the rest go to the ranker.
-        results: list[Any] = list(candidate_lists)
-        to_rank = [i for i, c in enumerate(candidate_lists) if not isinstance(c, RequestError) and c]
-        if to_rank:
-            rank_queries = [
-                RankQuery(
-                    queries[i].user_id,
-                    np.fromiter((c["post_id"] for c in candidate_lists[i]), dtype=np.int64),
-                    skip_unknown_posts=True,
-                )
-                for i in to_rank
-            ]
-            ranked, _ = await _read(self._ranker.rank, rank_queries)
-            for i, scored in zip(to_rank, ranked, strict=True):
-                results[i] = (
-                    scored
-                    if isinstance(scored, RequestError)
-                    else select_top(candidate_lists[i], scored["score"], queries[i].k)
-                )
-        return results
+        to_rank, rank_queries = rank_queries_for([q.user_id for q in queries], candidate_lists)
+        ranked, _ = await _read(self._ranker.rank, rank_queries) if rank_queries else ([], ())
+        return recommendations(candidate_lists, to_rank, ranked, [q.k for q in queries])
 
     # ---- handle API (in-cluster callers); HTTP routes use the same methods
     async def candidates(

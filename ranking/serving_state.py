@@ -749,8 +749,6 @@ def load_index_bundle(
 # ---------------------------------------------------------------------------------------------- ranker bundle
 
 
-
-
 @dataclass(frozen=True)
 class PostTable:
     """Post features for scoring, keyed by post id.
@@ -1069,21 +1067,58 @@ def select_top(candidates: Sequence[Mapping[str, Any]], scores: np.ndarray, k: i
     ]
 
 
+def rank_queries_for(
+    user_ids: Sequence[int], candidate_lists: Sequence[list[dict[str, Any]] | RequestError]
+) -> tuple[list[int], list[RankQuery]]:
+    """The recommend step between candidates and ranker: which queries go to the ranker, and their RankQueries.
+
+    An error (unknown user) or an empty candidate set is an answer already; the rest are ranked, skipping
+    posts the ranker does not know yet (see RankQuery.skip_unknown_posts).
+    """
+    to_rank = [i for i, c in enumerate(candidate_lists) if not isinstance(c, RequestError) and c]
+    queries = [
+        RankQuery(
+            int(user_ids[i]),
+            np.fromiter((c["post_id"] for c in candidate_lists[i]), dtype=np.int64),  # type: ignore[union-attr]
+            skip_unknown_posts=True,
+        )
+        for i in to_rank
+    ]
+    return to_rank, queries
+
+
+def recommendations(
+    candidate_lists: Sequence[list[dict[str, Any]] | RequestError],
+    to_rank: Sequence[int],
+    ranked: Sequence[Mapping[str, np.ndarray] | RequestError],
+    ks: Sequence[int],
+) -> list[list[dict[str, Any]] | RequestError]:
+    """Per query, its top ks[i] ranked candidates, or the error / empty list it already was."""
+    results: list[list[dict[str, Any]] | RequestError] = list(candidate_lists)
+    for i, scored in zip(to_rank, ranked, strict=True):
+        results[i] = (
+            scored
+            if isinstance(scored, RequestError)
+            else select_top(
+                candidate_lists[i],
+                scored["score"],
+                ks[i],  # type: ignore[arg-type]
+            )
+        )
+    return results
+
+
 def recommend(
     index: IndexBundle, ranker: RankerBundle, user_id: int, k: int, num_candidates: int
 ) -> list[dict[str, Any]]:
     """In-process candidates -> rank -> top k (seen posts excluded by the candidate step)."""
-    candidates = index.candidates([CandidateQuery(user_id, num_candidates)])[0]
-    if isinstance(candidates, RequestError):
-        raise candidates
-    if not candidates:
-        return []
-    ranked = ranker.rank(
-        [RankQuery(user_id, np.asarray([c["post_id"] for c in candidates], dtype=np.int64), True)]
-    )[0]
-    if isinstance(ranked, RequestError):
-        raise ranked
-    return select_top(candidates, ranked["score"], k)
+    candidate_lists = index.candidates([CandidateQuery(user_id, num_candidates)])
+    to_rank, rank_queries = rank_queries_for([user_id], candidate_lists)
+    ranked = ranker.rank(rank_queries) if rank_queries else []
+    result = recommendations(candidate_lists, to_rank, ranked, [k])[0]
+    if isinstance(result, RequestError):
+        raise result
+    return result
 
 
 def rank_response(result: Mapping[str, np.ndarray], tasks: Sequence[str]) -> list[dict[str, Any]]:
