@@ -33,7 +33,7 @@ from jobs.train_ranker import frame_to_examples
 from ranking.config import RankerConfig, TrainingConfig
 from ranking.discretizer import Discretizer, fit_discretizer, recalibrate
 from ranking.training import evaluate, train_ranker
-from retrieval.store import Store
+from storage.store import Store
 
 MICROS_PER_DAY = 86_400_000_000
 

@@ -25,7 +25,7 @@ from jobs.config import load_config
 from jobs.generate_dataset import run as generate
 from jobs.schedule import RefreshLock
 from jobs.spark import build_spark_session
-from retrieval.store import Store
+from storage.store import Store
 
 
 def main() -> None:

@@ -53,7 +53,7 @@ from ranking.serving_state import (  # noqa: E402
     rollback_serving_set,
 )
 from retrieval.config import IndexConfig  # noqa: E402
-from retrieval.store import Store  # noqa: E402
+from storage.store import Store  # noqa: E402
 
 REPORTS = Path(__file__).resolve().parent.parent / "reports"
 FLOOR_APP = "serve-floor"

@@ -34,7 +34,7 @@ from retrieval.index import (
     save_index,
 )
 from retrieval.search import Searcher
-from retrieval.store import Store, new_version
+from storage.store import Store, new_version
 from retrieval.validation import exact_search_excluding_self, validate_index
 
 ID_COLUMNS = {"content": "post_id", "user": "user_id"}

@@ -29,7 +29,7 @@ from pyspark.sql import functions as F
 from jobs.config import NearlineConfig
 from jobs.io import write_parquet_deterministic
 from jobs.spark import build_spark_session
-from retrieval.store import Store
+from storage.store import Store
 
 WINDOWS_DAYS = (1, 7, 28)
 MICROS_PER_DAY = 86_400_000_000

@@ -29,7 +29,7 @@ import pyarrow.dataset as ds
 
 from jobs.config import NearlineConfig
 from ranking.serving_state import INDEX_POINTERS, CandidateQuery, load_index_bundle, read_pointers
-from retrieval.store import Store
+from storage.store import Store
 
 POSITIVE_EVENTS = ["like", "reply", "repost"]
 

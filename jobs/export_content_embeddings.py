@@ -28,7 +28,7 @@ from pyspark.sql.window import Window
 from jobs.config import NearlineConfig, UserInterestConfig
 from jobs.io import write_parquet_deterministic
 from jobs.spark import build_spark_session
-from retrieval.store import Store, config_hash
+from storage.store import Store, config_hash
 
 ENGAGEMENT_EVENTS = ("like", "reply", "repost")
 

@@ -33,7 +33,7 @@ from jobs.build_ranking_features import (
 from jobs.config import NearlineConfig
 from jobs.io import write_parquet_deterministic
 from jobs.spark import build_spark_session
-from retrieval.store import Store
+from storage.store import Store
 
 GROUP_OF_KIND = {"user": "user", "user-author": "user_author"}
 KEYS_OF_GROUP = {"user": ["user_id"], "user_author": ["user_id", "author_id"]}

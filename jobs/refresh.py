@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from jobs.config import NearlineConfig
-from retrieval.store import Store, config_hash, new_version
+from storage.store import Store, config_hash, new_version
 
 # Artifacts a refresh publishes, in publish order: the indexes go last because
 # serving follows the index pointers and must find everything they name already there.

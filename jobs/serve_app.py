@@ -153,7 +153,7 @@ def run_query(args: argparse.Namespace, config: NearlineConfig) -> int:
 
 def run_rollback(args: argparse.Namespace, config: NearlineConfig) -> int:
     from ranking.serving_state import rollback_serving_set
-    from retrieval.store import Store
+    from storage.store import Store
 
     sides = ("content", "user") if args.side == "both" else (args.side,)
     changed = rollback_serving_set(Store(config.store.root), sides)

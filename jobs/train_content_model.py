@@ -124,7 +124,7 @@ def resolve_model_dir(model: str, config: NearlineConfig) -> str:
     """``--model``: a model directory, or a version of store models/content (``current`` for CURRENT)."""
     if os.path.isfile(os.path.join(model, "model.pt")):
         return model
-    from retrieval.store import Store
+    from storage.store import Store
 
     store = Store(config.store.root)
     version = store.current("models", "content") if model == "current" else model
@@ -161,7 +161,7 @@ def train_from_dataset(spark, config: NearlineConfig, store, publish: bool) -> t
     from embeddings.training import train_content_model
     from jobs.extract_emoji_labels import emoji_examples, extract_post_emojis, label_set
     from jobs.io import write_parquet_deterministic
-    from retrieval.store import config_hash
+    from storage.store import config_hash
 
     content = config.content
     posts_path = f"{config.data.path}/posts"
@@ -200,7 +200,7 @@ def _handle_train(args: argparse.Namespace, config: NearlineConfig) -> int:
             metrics = train_from_tweeteval(args.tweeteval, config, args.out)
             where = args.out
         else:
-            from retrieval.store import Store, config_hash
+            from storage.store import Store, config_hash
 
             store = Store(config.store.root)
             manifest = {"producer": "nearline content train", "input": {"tweeteval": args.tweeteval},
@@ -214,7 +214,7 @@ def _handle_train(args: argparse.Namespace, config: NearlineConfig) -> int:
         summary = {"model": where, **metrics["val"], "train_s": metrics["train_s"]}
     else:
         from jobs.spark import build_spark_session
-        from retrieval.store import Store
+        from storage.store import Store
 
         if args.out:
             raise ValueError("--out is only for --tweeteval; models trained from posts go to the store")

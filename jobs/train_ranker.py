@@ -29,7 +29,7 @@ from ranking.config import RankerConfig
 from ranking.discretizer import Discretizer, fit_discretizer, quantile_probabilities, recalibrate
 from ranking.examples import RankingExamples, build_examples
 from ranking.training import TrainResult, evaluate, load_parent_state, load_ranker, save_ranker, train_ranker
-from retrieval.store import Store
+from storage.store import Store
 
 CONTENT_VECTOR_COLUMN = "post_content_vector"
 ROW_KEY = ("ts_us", "user_id", "post_id")  # one training row per impression

@@ -73,7 +73,7 @@ from ranking.serving_state import (
     validate_rank,
 )
 from retrieval.config import IndexConfig
-from retrieval.store import Store
+from storage.store import Store
 
 log = logging.getLogger("ray.serve")
 

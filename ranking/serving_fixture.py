@@ -29,7 +29,7 @@ from ranking.serving_state import POSITIVE_EVENTS, post_table_from_dataset, read
 from ranking.training import save_ranker
 from retrieval.config import IndexConfig
 from retrieval.index import build_index, save_index
-from retrieval.store import Store
+from storage.store import Store
 
 _START = dt.datetime(2026, 11, 1, tzinfo=dt.timezone.utc)
 

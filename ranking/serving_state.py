@@ -59,7 +59,7 @@ from ranking.training import load_ranker
 from retrieval.config import IndexConfig
 from retrieval.index import load_index
 from retrieval.search import Searcher
-from retrieval.store import Store, StoreError, verify_checksums
+from storage.store import Store, StoreError, verify_checksums
 
 log = logging.getLogger(__name__)
 

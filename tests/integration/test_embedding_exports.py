@@ -4,7 +4,7 @@ import numpy as np
 import pyarrow.dataset as ds
 import pytest
 
-from retrieval.store import Store
+from storage.store import Store
 
 pytestmark = [pytest.mark.spark, pytest.mark.slow]
 

@@ -7,7 +7,7 @@ import pytest
 from jobs import build_ranking_features, export_user_embeddings, train_ranker
 from jobs.config import load_config
 from ranking.training import load_ranker
-from retrieval.store import Store
+from storage.store import Store
 
 pytestmark = pytest.mark.spark
 

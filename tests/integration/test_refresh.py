@@ -16,7 +16,7 @@ import time
 import pytest
 
 from jobs.refresh import PUBLISH_ORDER, run_refresh
-from retrieval.store import Store
+from storage.store import Store
 
 pytestmark = [pytest.mark.spark, pytest.mark.slow]
 

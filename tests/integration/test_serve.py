@@ -16,7 +16,7 @@ import pytest
 from ranking.serve_config import ServeConfig
 from ranking.serving_fixture import build_serving_set, fixture_index_configs, write_tiny_dataset
 from ranking.serving_state import rollback_serving_set
-from retrieval.store import Store
+from storage.store import Store
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 

@@ -25,7 +25,7 @@ import pytest
 
 from jobs.cli import main as nearline
 from jobs.config import config_to_yaml, load_config
-from retrieval.store import Store
+from storage.store import Store
 
 pytestmark = [pytest.mark.spark, pytest.mark.slow]
 

@@ -12,7 +12,7 @@ import pytest
 from jobs.build_index import GateFailed, evaluate, list_versions, publish, run
 from jobs.cli import main
 from jobs.config import load_config
-from retrieval.store import Store
+from storage.store import Store
 from retrieval.synthetic import clustered_vectors
 
 DIM = 32

@@ -8,7 +8,7 @@ import pytest
 
 from jobs.cli import main
 from ranking.serving_fixture import build_serving_set, write_tiny_dataset
-from retrieval.store import Store
+from storage.store import Store
 
 
 @pytest.fixture(scope="module")

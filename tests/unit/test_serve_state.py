@@ -39,7 +39,7 @@ from ranking.serving_state import (
     validate_neighbors,
     validate_rank,
 )
-from retrieval.store import Store
+from storage.store import Store
 
 CONFIG = ServeConfig(warmup_queries=4)
 

@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from retrieval.store import Store, StoreError, check_version_name
+from storage.store import Store, StoreError, check_version_name
 
 
 def _write_version(store: Store, payload: str, **manifest) -> str:

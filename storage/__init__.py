@@ -1,0 +1,1 @@
+"""The versioned artifact store: a leaf package (standard library only) that every other package may import."""
