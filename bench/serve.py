@@ -39,21 +39,15 @@ import numpy as np
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from ranking.serve_config import ServeConfig  # noqa: E402
-from ranking.serving_fixture import build_serving_set, write_tiny_dataset  # noqa: E402
-from ranking.serving_state import (  # noqa: E402
-    INDEX_POINTERS,
-    RANKER_POINTERS,
-    CandidateQuery,
-    RankQuery,
-    load_index_bundle,
-    load_ranker_bundle,
-    read_pointers,
-    recommend,
-    rollback_serving_set,
-)
 from retrieval.config import IndexConfig  # noqa: E402
+from serving.api import CandidateQuery, RankQuery
+from serving.config import ServeConfig  # noqa: E402
+from serving.index_side import load_index_bundle
+from serving.lineage import INDEX_POINTERS, RANKER_POINTERS, read_pointers, rollback_serving_set
+from serving.ranker_side import load_ranker_bundle
+from serving.recommend import recommend
 from storage.store import Store  # noqa: E402
+from tests.support.serving_fixture import build_serving_set, write_tiny_dataset  # noqa: E402
 
 REPORTS = Path(__file__).resolve().parent.parent / "reports"
 FLOOR_APP = "serve-floor"
@@ -317,7 +311,7 @@ def main() -> None:
     import torch
     from ray import serve
 
-    from ranking.serve import app_spec, shutdown_local, start_local
+    from serving.app import app_spec, shutdown_local, start_local
 
     # The same thread counts as the replicas (serve.index_omp_threads, serve.torch_num_threads).
     faiss.omp_set_num_threads(1)

@@ -34,8 +34,8 @@ from retrieval.index import (
     save_index,
 )
 from retrieval.search import Searcher
-from storage.store import Store, new_version
 from retrieval.validation import exact_search_excluding_self, validate_index
+from storage.store import Store, new_version
 
 ID_COLUMNS = {"content": "post_id", "user": "user_id"}
 VECTOR_COLUMN = "vector"

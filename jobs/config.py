@@ -25,8 +25,8 @@ from pydantic import (
 
 from embeddings.config import ContentModelConfig
 from ranking.config import RankerConfig
-from ranking.serve_config import ServeConfig
 from retrieval.config import IndexConfig, default_index_configs
+from serving.config import ServeConfig
 
 
 class _Strict(BaseModel):

@@ -28,7 +28,9 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
 from jobs.config import NearlineConfig
-from ranking.serving_state import INDEX_POINTERS, CandidateQuery, load_index_bundle, read_pointers
+from serving.api import CandidateQuery
+from serving.index_side import load_index_bundle
+from serving.lineage import INDEX_POINTERS, read_pointers
 from storage.store import Store
 
 POSITIVE_EVENTS = ["like", "reply", "repost"]

@@ -67,7 +67,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run_serve(args: argparse.Namespace, config: NearlineConfig) -> int:
     import httpx
 
-    from ranking.serve import app_spec, shutdown_local, start_local
+    from serving.app import app_spec, shutdown_local, start_local
 
     updates = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
     serve_config = config.serve.model_copy(update=updates)
@@ -152,7 +152,7 @@ def run_query(args: argparse.Namespace, config: NearlineConfig) -> int:
 
 
 def run_rollback(args: argparse.Namespace, config: NearlineConfig) -> int:
-    from ranking.serving_state import rollback_serving_set
+    from serving.lineage import rollback_serving_set
     from storage.store import Store
 
     sides = ("content", "user") if args.side == "both" else (args.side,)

@@ -1,6 +1,6 @@
 """Configuration of the split-network ranker: feature groups, discretizer, sizes, training.
 
-Serving knobs live with the serving app (`ranking/serve.py`), not here.
+Serving knobs live with the serving app (`serving/app.py`), not here.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ matter; at serving time only the post split and the head run. A user or (user, a
 was not exported gets a default vector: the split's output on the group's empty row (the feature
 values of an entity with no history, ``FeatureGroupConfig.empty_row_values``).
 
-This is plain numpy/torch so that ``ranking/serve.py`` and tests call it without Ray.
+This is plain numpy/torch so that ``serving/app.py`` and tests call it without Ray.
 """
 
 from __future__ import annotations

@@ -28,7 +28,7 @@ import httpx
 import pytest
 import yaml
 
-from ranking.serving_fixture import build_serving_set, write_tiny_dataset
+from tests.support.serving_fixture import build_serving_set, write_tiny_dataset
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 

@@ -13,10 +13,10 @@ import time
 import httpx
 import pytest
 
-from ranking.serve_config import ServeConfig
-from ranking.serving_fixture import build_serving_set, fixture_index_configs, write_tiny_dataset
-from ranking.serving_state import rollback_serving_set
+from serving.config import ServeConfig
+from serving.lineage import rollback_serving_set
 from storage.store import Store
+from tests.support.serving_fixture import build_serving_set, fixture_index_configs, write_tiny_dataset
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -29,7 +29,7 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def app(tmp_path_factory):
-    from ranking.serve import app_spec, shutdown_local, start_local
+    from serving.app import app_spec, shutdown_local, start_local
 
     root = tmp_path_factory.mktemp("serve-app")
     data, store_root = str(root / "data"), str(root / "store")

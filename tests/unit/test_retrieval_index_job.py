@@ -12,8 +12,8 @@ import pytest
 from jobs.build_index import GateFailed, evaluate, list_versions, publish, run
 from jobs.cli import main
 from jobs.config import load_config
-from storage.store import Store
 from retrieval.synthetic import clustered_vectors
+from storage.store import Store
 
 DIM = 32
 

@@ -7,8 +7,8 @@ import socket
 import pytest
 
 from jobs.cli import main
-from ranking.serving_fixture import build_serving_set, write_tiny_dataset
 from storage.store import Store
+from tests.support.serving_fixture import build_serving_set, write_tiny_dataset
 
 
 @pytest.fixture(scope="module")

@@ -25,10 +25,11 @@ from ranking.discretizer import fit_discretizer
 from ranking.examples import encode_group
 from ranking.model import build_ranker, export_split
 from ranking.scorer import compute_split_vectors
-from ranking.serving_state import POSITIVE_EVENTS, post_table_from_dataset, read_table
 from ranking.training import save_ranker
 from retrieval.config import IndexConfig
 from retrieval.index import build_index, save_index
+from serving.arrays import POSITIVE_EVENTS, read_table
+from serving.ranker_side import post_table_from_dataset
 from storage.store import Store
 
 _START = dt.datetime(2026, 11, 1, tzinfo=dt.timezone.utc)

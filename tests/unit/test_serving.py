@@ -11,35 +11,28 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from ranking.serve_config import ServeConfig
-from ranking.serving_fixture import build_serving_set, fixture_index_configs, write_tiny_dataset
-from ranking.serving_state import (
-    INDEX_POINTERS,
-    RANKER_POINTERS,
-    BundleHolder,
-    BundleLoadError,
+from serving.api import (
     CandidateQuery,
-    IdLists,
     NeighborQuery,
     RankQuery,
-    RequestError,
-    load_index_bundle,
-    load_ranker_bundle,
     match_route,
-    merge_candidates,
-    parquet_files,
     parse_json_object,
     parse_k,
     parse_sources,
     parse_user_id,
-    read_pointers,
-    recommend,
-    rollback_serving_set,
-    select_top,
     validate_neighbors,
     validate_rank,
 )
+from serving.arrays import IdLists, parquet_files
+from serving.config import ServeConfig
+from serving.errors import BundleLoadError, RequestError
+from serving.hot_swap import BundleHolder
+from serving.index_side import load_index_bundle, merge_candidates
+from serving.lineage import INDEX_POINTERS, RANKER_POINTERS, read_pointers, rollback_serving_set
+from serving.ranker_side import load_ranker_bundle
+from serving.recommend import recommend, select_top
 from storage.store import Store
+from tests.support.serving_fixture import build_serving_set, fixture_index_configs, write_tiny_dataset
 
 CONFIG = ServeConfig(warmup_queries=4)
 

@@ -46,33 +46,27 @@ from ray.serve.handle import DeploymentHandle
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from ranking.serve_config import ServeConfig
-from ranking.serving_state import (
-    INDEX_POINTERS,
-    RANKER_POINTERS,
+from retrieval.config import IndexConfig
+from serving.api import (
     SOURCES,
-    BundleHolder,
     CandidateQuery,
-    IndexBundle,
     NeighborQuery,
-    RankerBundle,
     RankQuery,
-    RequestError,
-    load_index_bundle,
-    load_ranker_bundle,
     match_route,
     parse_json_object,
     parse_k,
     parse_sources,
     parse_user_id,
-    rank_queries_for,
-    rank_response,
-    read_pointers,
-    recommendations,
     validate_neighbors,
     validate_rank,
 )
-from retrieval.config import IndexConfig
+from serving.config import ServeConfig
+from serving.errors import RequestError
+from serving.hot_swap import BundleHolder
+from serving.index_side import IndexBundle, load_index_bundle
+from serving.lineage import INDEX_POINTERS, RANKER_POINTERS, read_pointers
+from serving.ranker_side import RankerBundle, load_ranker_bundle
+from serving.recommend import rank_queries_for, rank_response, recommendations
 from storage.store import Store
 
 log = logging.getLogger("ray.serve")
@@ -579,7 +573,7 @@ def build_app_from_spec(spec: AppSpec, user_config: dict[str, Any] | None = None
 
 
 def build_app(args: dict[str, Any]):
-    """Entry point for ``serve run`` / ``serve deploy`` (import_path ``ranking.serve:build_app``).
+    """Entry point for ``serve run`` / ``serve deploy`` (import_path ``serving.app:build_app``).
 
     Args:
         args: ServeAppArgs fields: ``config`` (nearline YAML) and ``overrides``.
