@@ -337,8 +337,8 @@ def main() -> None:
         port=_free_port(), poll_interval_s=1.0, warmup_queries=16, max_recommend_candidates=2000
     )
 
-    index = load_index_bundle(store, read_pointers(store, INDEX_POINTERS), config, index_configs, data)
-    ranker = load_ranker_bundle(store, read_pointers(store, RANKER_POINTERS), config, data)
+    index = load_index_bundle(store, read_pointers(store, INDEX_POINTERS), config, index_configs)
+    ranker = load_ranker_bundle(store, read_pointers(store, RANKER_POINTERS), config)
     users = np.random.default_rng(0).permutation(index.interest.ids)
     in_process = _in_process(index, ranker, users, repeats=200)
     in_process_batching = _in_process_batching(index, ranker, users)
@@ -351,7 +351,7 @@ def main() -> None:
     del index, ranker
     print("in-process:", in_process)
 
-    spec = app_spec(store_root, data, config, index_configs)
+    spec = app_spec(store_root, config, index_configs)
     metrics_port = _free_port()
     base = f"http://127.0.0.1:{config.port}"
     candidate_paths = [f"/v1/candidates/{u}?k=100" for u in users[:500]]

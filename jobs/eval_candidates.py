@@ -65,8 +65,7 @@ def recall(candidates: list[int], truth: set[int]) -> float:
 
 def evaluate(config: NearlineConfig, holdout_path: str, k: int, max_users: int, seed: int = 0) -> dict[str, Any]:
     store = Store(config.store.root)
-    bundle = load_index_bundle(store, read_pointers(store, INDEX_POINTERS), config.serve, config.indexes,
-                               config.data.path)
+    bundle = load_index_bundle(store, read_pointers(store, INDEX_POINTERS), config.serve, config.indexes)
     held = held_out_engagements(config.data.path, holdout_path)
     rng = np.random.default_rng(seed)
     users = sorted(u for u in held if bundle.is_known_user(u))

@@ -1,7 +1,7 @@
 """`nearline serve`, `nearline query ...` and `nearline rollback`: run, call and steer the serving app.
 
-Reads:  the store (config.store.root): published indexes, embeddings, ranker, CURRENT pointers;
-        the dataset (config.data.path): engagements (seen / engaged posts), posts and follows (post features).
+Reads:  the store (config.store.root) only: published indexes, embeddings, ranker, post features and user
+        lists, CURRENT pointers.
 Writes: `serve` writes nothing (optionally a ready file with the URL); `rollback` moves CURRENT pointers
         back to the previous coherent set, which serving replicas pick up on their next poll.
 """
@@ -17,7 +17,31 @@ import time
 from pathlib import Path
 from typing import Any
 
-from jobs.config import NearlineConfig
+from pydantic import BaseModel, ConfigDict, Field
+
+from jobs.config import NearlineConfig, load_config
+
+
+class ServeAppArgs(BaseModel):
+    """``args`` of the Serve config file (``conf/serve.yaml``): which nearline config to serve."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    config: str = Field("conf/local.yaml", description="nearline YAML, relative to where serve runs.")
+    overrides: list[str] = Field(default_factory=list, description="--set style KEY=VALUE overrides.")
+
+
+def build_app(args: dict[str, Any]):
+    """Entry point for ``serve run`` / ``serve deploy`` (import_path ``jobs.serve_app:build_app``).
+
+    Args:
+        args: ServeAppArgs fields: ``config`` (nearline YAML) and ``overrides``.
+    """
+    from serving.app import app_spec, build_app_from_spec
+
+    app_args = ServeAppArgs.model_validate(args or {})
+    config = load_config(app_args.config, app_args.overrides)
+    return build_app_from_spec(app_spec(config.store.root, config.serve, config.indexes))
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -71,7 +95,7 @@ def run_serve(args: argparse.Namespace, config: NearlineConfig) -> int:
 
     updates = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
     serve_config = config.serve.model_copy(update=updates)
-    spec = app_spec(config.store.root, config.data.path, serve_config, config.indexes)
+    spec = app_spec(config.store.root, serve_config, config.indexes)
     url = f"http://{serve_config.host}:{serve_config.port}"
     stop = threading.Event()
     started = time.perf_counter()

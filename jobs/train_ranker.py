@@ -192,10 +192,13 @@ def run(config: NearlineConfig, warm_start_from: str, sample_fraction: float, pu
     if len(val_pd) == 0:
         raise ValueError(f"features {features_version}: the validation split is empty")
 
+    features_manifest = store.manifest("features", "ranking", features_version)
     manifest: dict = {
         "producer": "nearline ranker train",
         "features_version": features_version,
-        "data_snapshot": store.manifest("features", "ranking", features_version).get("data_path"),
+        "data_snapshot": features_manifest.get("data_path"),
+        # Serving feeds the post split the same content vectors the training rows carried.
+        "content_embedding_version": features_manifest.get("content_embedding_version"),
         "parent_model": parent_version,
         "sample_fraction": sample_fraction,
         "architecture": ranker.architecture,

@@ -1,17 +1,16 @@
-"""Request validation shared by HTTP and handle callers: ids, k, sources, JSON bodies, typed queries."""
+"""Request validation shared by HTTP and handle callers (ids, k, sources, bodies) and the typed queries."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from serving.config import ServeConfig
-from serving.errors import RequestError, not_found, unprocessable
+from serving.errors import unprocessable
 
 SOURCES = ("content", "collaborative")
 INT64_MAX = 2**63 - 1
@@ -52,17 +51,6 @@ def parse_sources(raw: str | None) -> tuple[str, ...]:
     if unknown or not names:
         raise unprocessable(f"sources must be 'content', 'collaborative' or 'both', got {raw!r}")
     return names
-
-
-def parse_json_object(body: bytes) -> dict[str, Any]:
-    """The request body as a JSON object; 400 when it is not valid JSON or not an object."""
-    try:
-        value = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise RequestError(400, f"malformed JSON body: {exc}") from None
-    if not isinstance(value, dict):
-        raise RequestError(400, f"the JSON body must be an object, got {type(value).__name__}")
-    return value
 
 
 class NeighborsRequest(BaseModel):
@@ -156,35 +144,3 @@ def validate_rank(body: Mapping[str, Any], config: ServeConfig) -> RankQuery:
         )
     post_ids = np.asarray(request.post_ids, dtype=np.int64)
     return RankQuery(user_id=user_id, post_ids=post_ids)
-
-
-Route = Literal["candidates", "neighbors", "rank", "recommend", "versions", "healthz", "metrics_help"]
-
-_ROUTES: dict[tuple[str, str], Route] = {
-    ("GET", "candidates"): "candidates",
-    ("POST", "neighbors"): "neighbors",
-    ("POST", "rank"): "rank",
-    ("GET", "recommend"): "recommend",
-    ("GET", "versions"): "versions",
-}
-
-
-def match_route(method: str, path: str) -> tuple[Route, str | None]:
-    """Map (method, path) to an endpoint and its path parameter (the user id), or a 404/405 error."""
-    parts = [p for p in path.split("/") if p]
-    if parts == ["healthz"]:
-        if method != "GET":
-            raise RequestError(405, f"{method} is not allowed on /healthz; use GET")
-        return "healthz", None
-    if len(parts) >= 2 and parts[0] == "v1":
-        name = parts[1]
-        takes_user = name in ("candidates", "recommend")
-        if (takes_user and len(parts) == 3) or (not takes_user and len(parts) == 2):
-            route = _ROUTES.get((method, name))
-            if route is None:
-                allowed = [m for (m, n) in _ROUTES if n == name]
-                if allowed:
-                    raise RequestError(405, f"{method} is not allowed on /v1/{name}; use {allowed[0]}")
-            else:
-                return route, parts[2] if takes_user else None
-    raise not_found(f"no endpoint {method} {path}")

@@ -8,12 +8,9 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
 from serving.errors import BundleLoadError
-
-POSITIVE_EVENTS = ("like", "reply", "repost")
 
 
 @dataclass(frozen=True)
@@ -140,24 +137,83 @@ def read_vector_table(directory: str, id_column: str) -> VectorTable:
     return VectorTable(ids, vectors)
 
 
-@dataclass(frozen=True)
-class EngagementLists:
-    """Per user: recent positively engaged posts (collaborative expansion) and seen posts (exclusion)."""
+def _id_lists_column(table: pa.Table, column: str, where: str) -> IdLists:
+    """A list<int64> column of a table sorted by its key as CSR IdLists (keys set by the caller)."""
+    array = table.column(column).combine_chunks()
+    if array.null_count:
+        raise BundleLoadError(f"{where}: null {column} lists")
+    offsets = array.offsets.to_numpy().astype(np.int64)
+    values = array.flatten().to_numpy(zero_copy_only=False).astype(np.int64)
+    return IdLists(np.zeros(0, np.int64), offsets - offsets[0], values)
 
+
+@dataclass(frozen=True)
+class UserLists:
+    """Per user, from the published ``features/user_lists`` artifact (most recent first, capped by the job).
+
+    Attributes:
+        user_ids: int64 (U,) sorted: every user the dataset knows, with or without history.
+        engaged: recent positively engaged posts (collaborative expansion, interest).
+        seen: posts the user had any event on (excluded from candidates).
+        followees: accounts the user follows (followed-authors source).
+    """
+
+    user_ids: np.ndarray
     engaged: IdLists
     seen: IdLists
+    followees: IdLists
 
 
-def load_engagement_lists(data_path: str, recent_per_user: int, seen_per_user: int) -> EngagementLists:
-    """Build the per-user lists from the dataset's engagements table (user_id, post_id, event, ts)."""
-    table = read_table(str(Path(data_path) / "engagements"), ["user_id", "post_id", "event", "ts"])
-    users = table.column("user_id").to_numpy().astype(np.int64)
-    posts = table.column("post_id").to_numpy().astype(np.int64)
-    ts = pc.cast(table.column("ts"), pa.int64()).to_numpy().astype(np.float64)
-    positive = pc.is_in(table.column("event"), value_set=pa.array(POSITIVE_EVENTS)).to_numpy(
-        zero_copy_only=False
-    )
-    return EngagementLists(
-        engaged=IdLists.from_pairs(users[positive], posts[positive], ts[positive], recent_per_user),
-        seen=IdLists.from_pairs(users, posts, ts, seen_per_user),
+USER_LIST_COLUMNS = ("engaged", "seen", "followees")
+
+
+def read_user_lists(directory: str) -> UserLists:
+    """A features/user_lists artifact (user_id, engaged, seen, followees) as CSR lists keyed by user."""
+    table = read_table(directory, ["user_id", *USER_LIST_COLUMNS]).sort_by("user_id")
+    user_ids = table.column("user_id").to_numpy().astype(np.int64)
+    if len(user_ids) > 1 and (user_ids[1:] == user_ids[:-1]).any():
+        raise BundleLoadError(f"{directory}: duplicate user_id values")
+    lists = {}
+    for column in USER_LIST_COLUMNS:
+        csr = _id_lists_column(table, column, directory)
+        lists[column] = IdLists(user_ids, csr.offsets, csr.values)
+    return UserLists(user_ids, **lists)
+
+
+@dataclass(frozen=True)
+class PostCatalog:
+    """What the candidate sources need of every post, from the published ``features/post`` artifact.
+
+    Attributes:
+        post_ids: int64 (P,) sorted; author_ids: int64 (P,); created_at_us: int64 (P,) unix micros.
+        engagements_so_far: float64 (P,) positive engagements up to the snapshot.
+        snapshot_us: the artifact's snapshot time (the dataset's last engagement).
+        author_posts: author id -> that author's posts, newest first.
+    """
+
+    post_ids: np.ndarray
+    author_ids: np.ndarray
+    created_at_us: np.ndarray
+    engagements_so_far: np.ndarray
+    snapshot_us: int
+    author_posts: IdLists
+
+
+def read_post_catalog(directory: str, snapshot_us: int, author_posts_cap: int) -> PostCatalog:
+    """The candidate-side columns of a features/post artifact (post_id, author_id, created_at_us, counts)."""
+    table = read_table(
+        directory, ["post_id", "author_id", "created_at_us", "post_engagements_so_far"]
+    ).sort_by("post_id")
+    post_ids = table.column("post_id").to_numpy().astype(np.int64)
+    author_ids = table.column("author_id").to_numpy().astype(np.int64)
+    created_at_us = table.column("created_at_us").to_numpy().astype(np.int64)
+    return PostCatalog(
+        post_ids=post_ids,
+        author_ids=author_ids,
+        created_at_us=created_at_us,
+        engagements_so_far=np.nan_to_num(
+            table.column("post_engagements_so_far").to_numpy(zero_copy_only=False).astype(np.float64)
+        ),
+        snapshot_us=int(snapshot_us),
+        author_posts=IdLists.from_pairs(author_ids, post_ids, created_at_us, author_posts_cap),
     )

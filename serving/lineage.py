@@ -71,7 +71,13 @@ def indexed_embeddings(store: Store, index: Artifact, strict: bool) -> Artifact:
     return embeddings
 
 
-INDEX_POINTERS = (("indexes", "content"), ("indexes", "user"), ("embeddings", "user_interest"))
+INDEX_POINTERS = (
+    ("indexes", "content"),
+    ("indexes", "user"),
+    ("embeddings", "user_interest"),
+    ("features", "post"),
+    ("features", "user_lists"),
+)
 RANKER_POINTERS = (
     ("models", "ranker"),
     ("embeddings", "user"),

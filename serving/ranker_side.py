@@ -4,23 +4,20 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
 from ranking.model import SplitRanker
 from ranking.scorer import RankerScorer
 from ranking.training import load_ranker
 from serving.api import RankQuery
-from serving.arrays import POSITIVE_EVENTS, parquet_files, read_table, read_vector_table, vectors_from_arrow
+from serving.arrays import parquet_files, read_table, read_vector_table, vectors_from_arrow
 from serving.config import ServeConfig
 from serving.errors import BundleLoadError, RequestError, not_found
-from serving.lineage import open_artifact, require_same
-from storage.store import Store
+from serving.lineage import Artifact, open_artifact, require_same
+from storage.store import Store, StoreError
 
 
 @dataclass(frozen=True)
@@ -42,52 +39,6 @@ class PostTable:
         pos = np.minimum(np.searchsorted(self.post_ids, post_ids), max(len(self.post_ids) - 1, 0))
         found = self.post_ids[pos] == post_ids if len(self.post_ids) else np.zeros(len(post_ids), bool)
         return found, pos
-
-
-def post_table_from_dataset(data_path: str) -> PostTable:
-    """Post features as of the dataset's last engagement: counts so far, age, author followers."""
-    root = Path(data_path)
-    posts = read_table(
-        str(root / "posts"), ["post_id", "author_id", "created_at", "has_media", "text_length"]
-    )
-    engagements = read_table(str(root / "engagements"), ["post_id", "event", "ts"])
-    follows = read_table(str(root / "follows"), ["followee_id"])
-    post_ids = posts.column("post_id").to_numpy().astype(np.int64)
-    order = np.argsort(post_ids)
-    post_ids = post_ids[order]
-    author_ids = posts.column("author_id").to_numpy().astype(np.int64)[order]
-    created = pc.cast(posts.column("created_at"), pa.int64()).to_numpy()[order]
-    engaged_posts = engagements.column("post_id").to_numpy().astype(np.int64)
-    events = engagements.column("event").to_numpy(zero_copy_only=False)
-    ts = pc.cast(engagements.column("ts"), pa.int64()).to_numpy()
-    snapshot_us = int(ts.max()) if len(ts) else int(created.max())
-    pos = np.minimum(np.searchsorted(post_ids, engaged_posts), len(post_ids) - 1)
-    known = post_ids[pos] == engaged_posts
-
-    def count(mask: np.ndarray) -> np.ndarray:
-        return np.bincount(pos[known & mask], minlength=len(post_ids)).astype(np.float64)
-
-    followee = follows.column("followee_id").to_numpy().astype(np.int64)
-    authors, follower_counts = np.unique(followee, return_counts=True)
-    apos = np.minimum(np.searchsorted(authors, author_ids), max(len(authors) - 1, 0))
-    author_followers = np.where(
-        (authors[apos] == author_ids) if len(authors) else False,
-        follower_counts[apos] if len(authors) else 0,
-        0,
-    )
-    is_positive = np.isin(events, POSITIVE_EVENTS)
-    columns = {
-        "post_has_media": posts.column("has_media").to_numpy(zero_copy_only=False)[order].astype(np.float64),
-        "post_text_length": posts.column("text_length").to_numpy()[order].astype(np.float64),
-        "post_age_hours": np.maximum(snapshot_us - created, 0) / 3.6e9,
-        "post_impressions_so_far": count(events == "impression"),
-        "post_engagements_so_far": count(is_positive),
-        "post_likes_so_far": count(events == "like"),
-        "post_replies_so_far": count(events == "reply"),
-        "post_reposts_so_far": count(events == "repost"),
-        "author_follower_count": author_followers.astype(np.float64),
-    }
-    return PostTable(post_ids, author_ids, columns)
 
 
 def post_table_from_artifact(directory: str) -> PostTable:
@@ -224,8 +175,25 @@ def _feature_columns(table: PostTable, scorer_config) -> dict[str, np.ndarray]:
     return columns
 
 
+def _trained_content_version(store: Store, ranker: Artifact) -> str:
+    """The content embeddings version the ranker's training rows carried (its features' lineage)."""
+    version = ranker.manifest.get("content_embedding_version")
+    if version is None and ranker.manifest.get("features_version"):
+        try:
+            features = store.manifest("features", "ranking", ranker.manifest["features_version"])
+        except (StoreError, OSError, ValueError) as exc:
+            raise BundleLoadError(f"models/ranker {ranker.version}: its features are unreadable: {exc}") from None
+        version = features.get("content_embedding_version")
+    if version is None:
+        raise BundleLoadError(
+            f"models/ranker {ranker.version}: the post split takes content vectors, but neither the ranker's "
+            "manifest nor its features' manifest names a content_embedding_version"
+        )
+    return str(version)
+
+
 def load_ranker_bundle(
-    store: Store, pointers: Mapping[str, str | None], config: ServeConfig, data_path: str
+    store: Store, pointers: Mapping[str, str | None], config: ServeConfig
 ) -> RankerBundle:
     """Load, verify and warm up the ranker side for the given CURRENT pointers.
 
@@ -244,8 +212,7 @@ def load_ranker_bundle(
             artifact.manifest.get("model_version"),
             strict,
         )
-    features_version = pointers.get("features/post")
-    features = open_artifact(store, "features", "post", features_version) if features_version else None
+    features = open_artifact(store, "features", "post", pointers["features/post"])
     try:
         loaded = load_ranker(ranker.path)
     except (ValueError, RuntimeError, OSError, KeyError) as exc:
@@ -272,16 +239,12 @@ def load_ranker_bundle(
         )
     except ValueError as exc:
         raise BundleLoadError(f"models/ranker {ranker.version}: {exc}") from None
-    posts = post_table_from_artifact(features.path) if features else post_table_from_dataset(data_path)
+    posts = post_table_from_artifact(features.path)
     post_vector_dim = loaded.config.groups["post"].dense_vector_dim
     content_version = None
     if post_vector_dim and posts.vectors is None:
         # The post split takes the post's content vector: the content embeddings the ranker trained on.
-        content_version = (
-            ranker.manifest.get("content_embedding_version")
-            or ranker.manifest.get("content_version")
-            or store.current("embeddings", "content")
-        )
+        content_version = _trained_content_version(store, ranker)
         content = open_artifact(store, "embeddings", "content", content_version)
         vectors = read_vector_table(content.path, "post_id")
         if vectors.dim != post_vector_dim:
@@ -294,7 +257,7 @@ def load_ranker_bundle(
     versions: dict[str, Any] = {
         "models": {"ranker": ranker.describe()},
         "embeddings": {"user": user.describe(), "user_author": user_author.describe()},
-        "features": {"post": features.describe() if features else {"version": None, "source": "dataset"}},
+        "features": {"post": features.describe()},
     }
     if content_version:
         versions["embeddings"]["content"] = {"version": content_version}

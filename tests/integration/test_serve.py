@@ -36,9 +36,9 @@ def app(tmp_path_factory):
     write_tiny_dataset(data, num_users=200, num_posts=400, seed=5)
     first = build_serving_set(store_root, data, seed=1, content_dim=16)
     config = ServeConfig(
-        port=_free_port(), poll_interval_s=0.5, warmup_queries=4, index_num_cpus=0.5, ranker_num_cpus=0.5
+        port=_free_port(), poll_interval_s=0.5, warmup_queries=4, num_cpus=0.5
     )
-    spec = app_spec(store_root, data, config, fixture_index_configs())
+    spec = app_spec(store_root, config, fixture_index_configs())
     try:
         handle = start_local(spec, num_cpus=2)
         with httpx.Client(base_url=f"http://127.0.0.1:{config.port}", timeout=30) as client:

@@ -28,11 +28,12 @@ from ranking.scorer import compute_split_vectors
 from ranking.training import save_ranker
 from retrieval.config import IndexConfig
 from retrieval.index import build_index, save_index
-from serving.arrays import POSITIVE_EVENTS, read_table
-from serving.ranker_side import post_table_from_dataset
+from serving.arrays import read_table
+from serving.ranker_side import PostTable, post_table_from_artifact
 from storage.store import Store
 
 _START = dt.datetime(2026, 11, 1, tzinfo=dt.timezone.utc)
+POSITIVE_EVENTS = ("like", "reply", "repost")
 
 
 def _write(table: pa.Table, directory: Path) -> None:
@@ -158,6 +159,98 @@ def _publish_vectors(store: Store, name: str, table: pa.Table, model_version: st
     return staged.version
 
 
+def _post_feature_table(data_path: str) -> tuple[pa.Table, int]:
+    """The features/post table the serving-tables Spark job publishes, computed in numpy for the fixture.
+
+    Returns:
+        The table (post_id, author_id, created_at_us, post feature columns) and its snapshot time (us).
+    """
+    root = Path(data_path)
+    posts = read_table(str(root / "posts"), ["post_id", "author_id", "created_at", "has_media", "text_length"])
+    engagements = read_table(str(root / "engagements"), ["post_id", "event", "ts"])
+    follows = read_table(str(root / "follows"), ["followee_id"])
+    post_ids = posts.column("post_id").to_numpy().astype(np.int64)
+    order = np.argsort(post_ids)
+    post_ids = post_ids[order]
+    author_ids = posts.column("author_id").to_numpy().astype(np.int64)[order]
+    created = posts.column("created_at").cast(pa.int64()).to_numpy()[order]
+    events = engagements.column("event").to_numpy(zero_copy_only=False)
+    ts = engagements.column("ts").cast(pa.int64()).to_numpy()
+    snapshot_us = int(ts.max()) + 1 if len(ts) else int(created.max())
+    pos = np.searchsorted(post_ids, engagements.column("post_id").to_numpy().astype(np.int64))
+
+    def count(mask: np.ndarray) -> np.ndarray:
+        return np.bincount(pos[mask], minlength=len(post_ids)).astype(np.float64)
+
+    authors, follower_counts = np.unique(follows.column("followee_id").to_numpy(), return_counts=True)
+    followers = dict(zip(authors.tolist(), follower_counts.tolist(), strict=True))
+    table = pa.table(
+        {
+            "post_id": post_ids,
+            "author_id": author_ids,
+            "created_at_us": created,
+            "post_has_media": posts.column("has_media").to_numpy(zero_copy_only=False)[order].astype(np.float64),
+            "post_text_length": posts.column("text_length").to_numpy()[order].astype(np.float64),
+            "post_age_hours": np.maximum(snapshot_us - created, 0) / 3.6e9,
+            "post_impressions_so_far": count(events == "impression"),
+            "post_engagements_so_far": count(np.isin(events, POSITIVE_EVENTS)),
+            "post_likes_so_far": count(events == "like"),
+            "post_replies_so_far": count(events == "reply"),
+            "post_reposts_so_far": count(events == "repost"),
+            "author_follower_count": np.asarray([followers.get(a, 0) for a in author_ids.tolist()], np.float64),
+        }
+    )
+    return table, snapshot_us
+
+
+def _newest_first(keys: np.ndarray, values: np.ndarray, times: np.ndarray, users: np.ndarray) -> list[list[int]]:
+    """Per user in ``users``, their values newest first, each value once."""
+    out: dict[int, list[int]] = {int(u): [] for u in users}
+    for key, value, _ in sorted(zip(keys.tolist(), values.tolist(), times.tolist(), strict=True),
+                             key=lambda row: (-row[2], -row[1])):
+        if value not in out[key]:
+            out[key].append(value)
+    return [out[int(u)] for u in users]
+
+
+def _user_lists_table(data_path: str) -> pa.Table:
+    """The features/user_lists table (user_id, engaged, seen, followees) the Spark job publishes."""
+    root = Path(data_path)
+    engagements = read_table(str(root / "engagements"), ["user_id", "post_id", "event", "ts"])
+    follows = read_table(str(root / "follows"), ["follower_id", "followee_id", "created_at"])
+    users = np.unique(read_table(str(root / "users"), ["user_id"]).column("user_id").to_numpy())
+    e_users = engagements.column("user_id").to_numpy()
+    e_posts = engagements.column("post_id").to_numpy()
+    e_ts = engagements.column("ts").cast(pa.int64()).to_numpy()
+    positive = np.isin(engagements.column("event").to_numpy(zero_copy_only=False), POSITIVE_EVENTS)
+    return pa.table(
+        {
+            "user_id": pa.array(users, pa.int64()),
+            "engaged": pa.array(
+                _newest_first(e_users[positive], e_posts[positive], e_ts[positive], users), pa.list_(pa.int64())
+            ),
+            "seen": pa.array(_newest_first(e_users, e_posts, e_ts, users), pa.list_(pa.int64())),
+            "followees": pa.array(
+                _newest_first(
+                    follows.column("follower_id").to_numpy(),
+                    follows.column("followee_id").to_numpy(),
+                    follows.column("created_at").cast(pa.int64()).to_numpy(),
+                    users,
+                ),
+                pa.list_(pa.int64()),
+            ),
+        }
+    )
+
+
+def _publish_table(store: Store, name: str, table: pa.Table, manifest: dict) -> str:
+    with store.stage("features", name, manifest=manifest) as staged:
+        os.makedirs(staged.data_path)
+        pq.write_table(table, os.path.join(staged.data_path, "part-00000.parquet"))
+    store.publish("features", name, staged.version)
+    return staged.version
+
+
 def fixture_index_configs() -> dict[str, IndexConfig]:
     """Exact (Flat) indexes: tiny fixtures need no training, and results are deterministic."""
     return {
@@ -182,11 +275,15 @@ def build_serving_set(
     """
     rng = np.random.default_rng(seed)
     store = Store(store_root)
+    versions: dict[str, str] = {}
     index_configs = fixture_index_configs()
-    posts = post_table_from_dataset(data_path)
+    post_features, snapshot_us = _post_feature_table(data_path)
+    lineage = {"snapshot_us": snapshot_us, "input_fingerprint": f"fixture-{Path(data_path).name}"}
+    versions["features/post"] = _publish_table(store, "post", post_features, lineage)
+    versions["features/user_lists"] = _publish_table(store, "user_lists", _user_lists_table(data_path), lineage)
+    posts: PostTable = post_table_from_artifact(store.data_path("features", "post", versions["features/post"]))
     engagements = read_table(str(Path(data_path) / "engagements"), ["user_id", "post_id", "event"])
     users = np.unique(read_table(str(Path(data_path) / "users"), ["user_id"]).column("user_id").to_numpy())
-    versions: dict[str, str] = {}
 
     # Content side: a pretend content model version, its post vectors, the index, pooled user interests.
     content_model = f"content-model-seed{seed}"
@@ -219,7 +316,7 @@ def build_serving_set(
     # Ranker side: a random ranker, its user / user-author vectors and the user index, one lineage.
     config = RankerConfig(discretizer=DiscretizerConfig(num_bins=8, hash_space_size=4096))
     samples = {name: rng.gamma(2.0, 10.0, 500) for name in config.continuous_features}
-    samples.update({name: np.asarray(posts.columns[name], dtype=float) for name in posts.columns})
+    samples.update({name: np.asarray(posts.columns[name], dtype=float) for name in posts.columns if name != "created_at_us"})
     discretizer = fit_discretizer(
         samples, config.discretizer.num_bins, config.discretizer.hash_space_size, config.categorical_features
     )
