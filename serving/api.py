@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, get_args
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from serving.config import ServeConfig
+from serving.config import ServeConfig, SourceName
 from serving.errors import unprocessable
 
-SOURCES = ("content", "collaborative")
+SOURCES: tuple[str, ...] = get_args(SourceName)  # every source there is; serve.candidate_sources enables some
 INT64_MAX = 2**63 - 1
 
 
@@ -42,14 +42,25 @@ def parse_user_id(raw: Any) -> int:
     return parse_int(raw, "user_id", 0, INT64_MAX)
 
 
-def parse_sources(raw: str | None) -> tuple[str, ...]:
-    """'content', 'collaborative', 'both' or a comma list of the first two (default: both)."""
+def parse_sources(raw: str | None, enabled: Sequence[str] = SOURCES) -> tuple[str, ...]:
+    """``?sources=``: a comma list of source names, or 'all' / 'both' / nothing for every enabled source.
+
+    Args:
+        raw: the query parameter.
+        enabled: the sources the deployment runs (serve.candidate_sources).
+
+    Raises:
+        RequestError: 422 naming the allowed sources when a name is unknown or not enabled.
+    """
     if raw is None or raw.strip() in ("", "both", "all"):
-        return SOURCES
+        return tuple(enabled)
     names = tuple(dict.fromkeys(part.strip() for part in raw.split(",") if part.strip()))
-    unknown = [n for n in names if n not in SOURCES]
-    if unknown or not names:
-        raise unprocessable(f"sources must be 'content', 'collaborative' or 'both', got {raw!r}")
+    wrong = [n for n in names if n not in enabled]
+    if wrong or not names:
+        raise unprocessable(
+            f"sources must be 'all' or a comma list of {', '.join(enabled)}; got {raw!r}"
+            + (f" ({', '.join(wrong)} not allowed)" if wrong else "")
+        )
     return names
 
 

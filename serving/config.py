@@ -17,6 +17,9 @@ from pydantic import (
 
 from retrieval.config import IndexConfig
 
+# The candidate sources (serving/candidates.py says what each one returns).
+SourceName = Literal["content", "collaborative", "trending", "followed"]
+
 
 class BatchingConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -77,6 +80,21 @@ class ServeConfig(BaseModel):
     )
     author_posts_per_author: PositiveInt = Field(
         50, description="Newest posts kept per author for the followed-authors source."
+    )
+    candidate_sources: tuple[SourceName, ...] = Field(
+        ("content", "collaborative", "trending", "followed"),
+        description="Sources that run; '?sources=all' (the default) means these.",
+    )
+    trending_window_hours: PositiveFloat = Field(
+        48.0, description="Trending: posts created this long before the snapshot, most engaged first."
+    )
+    followed_window_hours: PositiveFloat = Field(
+        48.0, description="Followed: followed accounts' posts created this long before the snapshot."
+    )
+    fusion_hit_rates: dict[SourceName, list[float]] | None = Field(
+        None,
+        description="Per source, 12 hit rates by log2 rank bucket, learned on a validation period by "
+        "`nearline eval recommend --fit-fusion`; None: reciprocal-rank fusion.",
     )
     require_lineage: bool = Field(
         True,

@@ -162,6 +162,10 @@ def _validation_message(exc: RequestValidationError, ranges: dict[str, tuple[int
         if item["type"] == "json_invalid":
             return 400, f"malformed JSON body: {item.get('ctx', {}).get('error', item['msg'])}"
         if loc == ["body"] and item["type"] in ("model_attributes_type", "dict_type"):
+            if isinstance(item.get("input"), bytes):
+                # FastAPI parses JSON only when the client says so: a browser cannot send that header
+                # cross-site without a CORS preflight, which keeps a loopback server safe from CSRF.
+                return 400, "the body must be a JSON object sent with 'Content-Type: application/json'"
             return 400, f"the JSON body must be an object, got {type(item.get('input')).__name__}"
         if item["type"] == "extra_forbidden":
             parts.append(f"unknown field {where!r}")

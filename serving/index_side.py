@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -20,41 +20,11 @@ from serving.arrays import (
     read_user_lists,
     read_vector_table,
 )
+from serving.candidates import SourceSettings, followed_posts, fuse, top_unseen, trending_posts
 from serving.config import ServeConfig
 from serving.errors import BundleLoadError, RequestError, not_found, unprocessable
 from serving.lineage import indexed_embeddings, open_artifact, require_same
 from storage.store import Store
-
-
-def merge_candidates(per_source: Mapping[str, tuple[np.ndarray, np.ndarray]], k: int) -> list[dict[str, Any]]:
-    """Interleave per-source ranked lists (scores of different sources are not comparable) into k unique.
-
-    Args:
-        per_source: source name -> (post ids int64 (n,), scores float (n,)), each best first.
-        k: candidates wanted.
-
-    Returns:
-        Up to k dicts {post_id, source, score, scores}: ``source``/``score`` from the source that
-        contributed the post first, ``scores`` every source's score for it.
-    """
-    merged: dict[int, dict[str, Any]] = {}
-    lists = [(name, ids.tolist(), scores.tolist()) for name, (ids, scores) in per_source.items()]
-    # Each source's own scores: a post found by both sources shows both.
-    by_source = {name: dict(zip(ids, scores, strict=True)) for name, ids, scores in lists}
-    longest = max((len(ids) for _, ids, _ in lists), default=0)
-    for rank in range(longest):
-        for name, ids, scores in lists:
-            if rank < len(ids) and ids[rank] not in merged:
-                post_id = ids[rank]
-                merged[post_id] = {
-                    "post_id": post_id,
-                    "source": name,
-                    "score": scores[rank],
-                    "scores": {n: s[post_id] for n, s in by_source.items() if post_id in s},
-                }
-                if len(merged) == k:
-                    return list(merged.values())
-    return list(merged.values())
 
 
 @dataclass
@@ -72,6 +42,7 @@ class IndexBundle:
     known_users: np.ndarray
     collaborative_neighbors: int
     max_k: int
+    sources: SourceSettings = field(default_factory=lambda: SourceSettings.from_config(ServeConfig()))
 
     def is_known_user(self, user_id: int) -> bool:
         i = int(np.searchsorted(self.known_users, user_id))
@@ -127,23 +98,40 @@ class IndexBundle:
     def candidates(self, queries: Sequence[CandidateQuery]) -> list[list[dict[str, Any]] | RequestError]:
         """Candidates for a batch of queries: one content search and one user search for the batch.
 
+        Each query runs the sources it names that ``self.sources`` enables; their lists are fused by
+        rank (serving/candidates.py). A user with no history still gets trending (and followed) posts;
+        only a user id the store has never seen is an error.
+
         Returns:
-            Per query, a list of {post_id, source, score, scores} (seen posts excluded), or the
-            RequestError for that query (unknown user).
+            Per query, up to k dicts {post_id, source, score, scores, fused_score}, best first, seen
+            posts excluded; or the RequestError for that query (404 unknown user).
         """
-        content = self._content(queries)
-        collaborative = self._collaborative(queries)
+        enabled = self.sources.enabled
+        queries = [replace(q, sources=tuple(n for n in q.sources if n in enabled)) for q in queries]
+        searched = {"content": self._content(queries), "collaborative": self._collaborative(queries)}
+        wants_trending = any("trending" in q.sources for q in queries)
+        trending = trending_posts(self.posts, self.sources.trending_window_hours) if wants_trending else None
         results: list[list[dict[str, Any]] | RequestError] = []
         for i, q in enumerate(queries):
             if not self.is_known_user(q.user_id):
                 results.append(not_found(f"unknown user_id {q.user_id}"))
                 continue
-            per_source = {}
+            seen = self.lists.seen.get(q.user_id)
+            per_source: dict[str, tuple[np.ndarray, np.ndarray]] = {}
             for name in q.sources:
-                got = (content if name == "content" else collaborative).get(i)
+                if name in searched:
+                    got = searched[name].get(i)
+                elif name == "trending":
+                    assert trending is not None
+                    got = top_unseen(*trending, seen, q.k)
+                else:
+                    got = followed_posts(
+                        self.posts, self.lists.followees.get(q.user_id), seen,
+                        self.sources.followed_window_hours, q.k,
+                    )
                 if got is not None:
                     per_source[name] = got
-            results.append(merge_candidates(per_source, q.k))
+            results.append(fuse(per_source, q.k, self.sources.hit_rates))
         return results
 
     def neighbors(self, queries: Sequence[NeighborQuery]) -> list[list[dict[str, Any]] | RequestError]:

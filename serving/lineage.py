@@ -78,6 +78,7 @@ INDEX_POINTERS = (
     ("features", "post"),
     ("features", "user_lists"),
 )
+SNAPSHOT_FEATURES = ("post", "user_lists")
 RANKER_POINTERS = (
     ("models", "ranker"),
     ("embeddings", "user"),
@@ -96,7 +97,8 @@ def rollback_serving_set(store: Store, sides: Sequence[str] = ("content", "user"
 
     The indexes are rolled back (their HISTORY), then the artifacts queried with them are pointed at
     matching versions: user_interest of the content index's content model; the ranker, user and
-    user_author vectors of the user index's ranker. Serving deployments pick the change up on their
+    user_author vectors of the user index's ranker; the post-feature and user-list snapshots one step
+    back in their history. Serving deployments pick the change up on their
     next poll, load it beside the current bundle, and swap.
 
     Args:
@@ -149,4 +151,13 @@ def rollback_serving_set(store: Store, sides: Sequence[str] = ("content", "user"
             changed["models/ranker"] = ranker_version
         publish_matching("embeddings", "user", ranker_version)
         publish_matching("embeddings", "user_author", ranker_version)
+    # The post features and user lists are snapshots of the data the rolled-back versions were published
+    # with: each refresh that publishes new embeddings also publishes new snapshots, so one step back in
+    # their history pairs them again.
+    for name in SNAPSHOT_FEATURES:
+        if store.current("features", name) is not None:
+            try:
+                changed[f"features/{name}"] = store.rollback("features", name)
+            except StoreError:
+                pass  # only one snapshot was ever published: it is the one the earlier versions served with
     return changed

@@ -95,7 +95,7 @@ def test_endpoints_answer(app):
     ],
 )
 def test_bad_requests_get_clear_json_errors(app, method, path, body, status, fragment):
-    response = app["client"].request(method, path, content=body)
+    response = app["client"].request(method, path, content=body, headers={"content-type": "application/json"})
     assert response.status_code == status
     error = response.json()["error"]
     assert fragment in error["message"] and error["request_id"]
@@ -128,9 +128,9 @@ def test_concurrent_requests_are_batched_and_answered_each_their_own(app):
                 response.result()
         else:
             assert response.result() == alone[user]
-    ingress = app["client"].get("/v1/versions").json()["ingress"]
-    assert ingress["batching"] == {"max_batch_size": 64, "batch_wait_timeout_s": 0.002}
-    totals = ingress["batches_since_start"]["recommend"]
+    replica = app["client"].get("/v1/versions").json()["replica"]
+    assert replica["batching"] == {"max_batch_size": 64, "batch_wait_timeout_s": 0.002}
+    totals = replica["batches_since_start"]["recommend"]
     assert totals["requests"] > totals["batches"]  # requests in flight together shared a call
 
 
@@ -161,13 +161,14 @@ def test_hot_swap_and_rollback_under_load_drop_no_request(app):
     try:
         second = build_serving_set(app["store"], app["data"], seed=2, content_dim=16)
 
-        def wait_for(content_version: str, ranker_version: str) -> None:
+        def wait_for(content_version: str, ranker_version: str, user_lists_version: str) -> None:
             deadline = time.monotonic() + 60
             while time.monotonic() < deadline:
                 serving = _serving(client)
                 if (
                     serving["indexes"]["content"]["version"] == content_version
                     and serving["models"]["ranker"]["version"] == ranker_version
+                    and serving["features"]["user_lists"]["version"] == user_lists_version
                 ):
                     return
                 time.sleep(0.25)
@@ -175,11 +176,12 @@ def test_hot_swap_and_rollback_under_load_drop_no_request(app):
                 f"serving did not switch to {content_version}/{ranker_version}: {_serving(client)}"
             )
 
-        wait_for(second["indexes/content"], second["models/ranker"])
+        wait_for(second["indexes/content"], second["models/ranker"], second["features/user_lists"])
         serving = _serving(client)
         assert serving["embeddings"]["user"]["model_version"] == second["models/ranker"]
+        assert serving["features"]["post"]["version"] == second["features/post"]
         rollback_serving_set(Store(app["store"]))
-        wait_for(app["first"]["indexes/content"], app["first"]["models/ranker"])
+        wait_for(app["first"]["indexes/content"], app["first"]["models/ranker"], app["first"]["features/user_lists"])
         time.sleep(0.5)
     finally:
         stop.set()

@@ -64,6 +64,7 @@ def test_routes_answer_with_their_documented_shapes(api):
         ("POST", "/v1/neighbors", b'{"post_id": 1,', 400, "malformed JSON"),
         ("POST", "/v1/rank", b"not json", 400, "malformed JSON"),
         ("POST", "/v1/rank", b"[1, 2]", 400, "must be an object"),
+        ("POST", "/v1/rank", b"\xff\xfe", 400, "malformed JSON"),
         ("POST", "/v1/rank", b'{"user_id": 5, "post_ids": [1], "extra": 1}', 422, "unknown field 'extra'"),
         ("POST", "/v1/rank", b'{"user_id": 5, "post_ids": [99999999999999999999]}', 422, "post_ids"),
         ("POST", "/v1/neighbors", b'{"vector": [1.0, 2.0]}', 422, "expected 16"),
@@ -79,6 +80,11 @@ def test_bad_requests_get_clear_json_errors(api, method, path, body, status, fra
     error = response.json()["error"]
     assert error["status"] == status
     assert fragment in error["message"] and error["request_id"]
+
+
+def test_a_body_without_a_json_content_type_is_refused_with_the_reason(api):
+    response = api.post("/v1/rank", content=b'{"user_id": 5, "post_ids": [1]}', headers={"content-type": "text/plain"})
+    assert response.status_code == 400 and "Content-Type: application/json" in response.json()["error"]["message"]
 
 
 def test_the_callers_request_id_comes_back_in_errors(api):
