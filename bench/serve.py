@@ -41,7 +41,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from retrieval.config import IndexConfig  # noqa: E402
 from serving.api import CandidateQuery, RankQuery
-from serving.config import ServeConfig  # noqa: E402
+from serving.config import ServeConfig, serve_environment  # noqa: E402
 from serving.index_side import load_index_bundle
 from serving.lineage import INDEX_POINTERS, RANKER_POINTERS, read_pointers, rollback_serving_set
 from serving.ranker_side import load_ranker_bundle
@@ -117,7 +117,7 @@ def _process_cpu_s() -> dict[str, float]:
             continue
         if command.startswith("ray::"):
             name = command.split()[0]
-        elif "/ray/" in command and Path(command).name in ("raylet", "gcs_server"):
+        elif ("/ray/" in command and Path(command).name in ("raylet", "gcs_server")) or Path(command).name == "haproxy":
             name = Path(command).name
         else:
             continue
@@ -137,7 +137,7 @@ def _cpu_ms_per_request(
 
 def _batch_totals(base: str, method: str) -> dict[str, int]:
     """The ingress's batches and requests of one method since it started (from /v1/versions)."""
-    totals = httpx.get(f"{base}/v1/versions", timeout=30).json()["ingress"]["batches_since_start"]
+    totals = httpx.get(f"{base}/v1/versions", timeout=30).json()["replica"]["batches_since_start"]
     return totals.get(method, {"batches": 0, "requests": 0})
 
 
@@ -147,29 +147,20 @@ def _mean_batch_size(before: dict[str, int], after: dict[str, int]) -> float | N
 
 
 def _deploy_serve_floor(route_prefix: str) -> None:
-    """A Serve app that does no work: an ingress answering at once, or after one handle call to a second
-    deployment. Measured through the same proxy on the same machine, it is what Serve itself costs per hop,
-    the yardstick for what nearline's own code adds."""
+    """A Serve app that does no work: a FastAPI ingress answering at once, behind the same ingress mode."""
+    from fastapi import FastAPI
     from ray import serve
-    from starlette.requests import Request
-    from starlette.responses import JSONResponse
+
+    floor = FastAPI()
 
     @serve.deployment(ray_actor_options={"num_cpus": 0})
-    class FloorLeaf:
-        async def ping(self) -> bool:
-            return True
-
-    @serve.deployment(ray_actor_options={"num_cpus": 0})
+    @serve.ingress(floor)
     class FloorIngress:
-        def __init__(self, leaf) -> None:
-            self._leaf = leaf
+        @floor.get("/")
+        async def ping(self) -> dict:
+            return {"ok": True}
 
-        async def __call__(self, request: Request) -> JSONResponse:
-            if request.url.path.endswith("/hop"):
-                await self._leaf.ping.remote()
-            return JSONResponse({"ok": True})
-
-    serve.run(FloorIngress.bind(FloorLeaf.bind()), name=FLOOR_APP, route_prefix=route_prefix)
+    serve.run(FloorIngress.bind(), name=FLOOR_APP, route_prefix=route_prefix)
 
 
 def _publish_set(store: Store, versions: dict[str, str]) -> None:
@@ -295,6 +286,79 @@ def _sustained_with_switches(base: str, paths: list[str], concurrency: int, acti
     }
 
 
+def _nearline_metrics(metrics_port: int) -> list[str] | str:
+    try:
+        text = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).text
+    except httpx.HTTPError as exc:
+        return f"unavailable: {exc}"
+    return sorted(
+        {line.split("{")[0].split(" ")[0] for line in text.splitlines() if "nearline_" in line and not line.startswith("#")}
+    )
+
+
+def _batching_and_swaps(spec, base: str, store: Store, first: dict, second: dict, recommend_paths: list[str],
+                        load: dict, args: argparse.Namespace) -> dict:
+    """Batched vs unbatched throughput (switched live through user_config), then a hot swap and a rollback
+    under sustained load."""
+    from serving.app import start_local
+
+    top = max(args.concurrency)
+    batching = {"batched": next(r for r in load["recommend"] if r["concurrency"] == top)}
+    start_local(spec, user_config={"max_batch_size": 1, "batch_wait_timeout_s": 0.0})
+    _wait_batching(base, 1)
+    before = _batch_totals(base, "recommend")
+    batching["unbatched"] = asyncio.run(_closed_loop(base, recommend_paths, top, args.seconds))
+    batching["unbatched"]["mean_batch_size"] = _mean_batch_size(before, _batch_totals(base, "recommend"))
+    batching["gain"] = round(batching["batched"]["qps"] / max(batching["unbatched"]["qps"], 1e-9), 2)
+    start_local(spec, user_config={"max_batch_size": 64, "batch_wait_timeout_s": 0.002})
+    _wait_batching(base, 64)
+    print("batching:", {k: v if isinstance(v, float) else v["qps"] for k, v in batching.items()})
+
+    def wait_serving(content_version: str, ranker_version: str, timeout_s: float = 60.0) -> float:
+        started = time.perf_counter()
+        with httpx.Client(base_url=base) as client:
+            while time.perf_counter() - started < timeout_s:
+                serving = client.get("/v1/versions").json()["serving"]
+                if (
+                    serving["indexes"]["content"]["version"] == content_version
+                    and serving["models"]["ranker"]["version"] == ranker_version
+                ):
+                    return round(time.perf_counter() - started, 2)
+                time.sleep(0.1)
+        raise RuntimeError(f"serving did not switch to {content_version}/{ranker_version}")
+
+    def hot_swap() -> dict:
+        _publish_set(store, second)
+        return {
+            "published": second["indexes/content"],
+            "switch_after_publish_s": wait_serving(second["indexes/content"], second["models/ranker"]),
+        }
+
+    def rollback() -> dict:
+        rollback_serving_set(store)
+        return {
+            "rolled_back_to": first["indexes/content"],
+            "switch_after_publish_s": wait_serving(first["indexes/content"], first["models/ranker"]),
+        }
+
+    swap = _sustained_with_switches(
+        base, recommend_paths, 8, [(3.0, "hot_swap", hot_swap), (3.0, "rollback", rollback)], tail_s=3.0
+    )
+    print("hot swap:", {k: v for k, v in swap.items() if k != "series"})
+    return {"batching": batching, "hot_swap": swap}
+
+
+def _wait_batching(base: str, max_batch_size: int, timeout_s: float = 30.0) -> None:
+    """Until the replica reports the batch size a redeploy's user_config set."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        replica = httpx.get(f"{base}/v1/versions", timeout=30).json()["replica"]
+        if replica["batching"]["max_batch_size"] == max_batch_size:
+            return
+        time.sleep(0.1)
+    raise RuntimeError(f"the replica did not take max_batch_size={max_batch_size}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -305,6 +369,10 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=4.0, help="duration of each load level")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16, 32])
     parser.add_argument("--content-dim", type=int, default=64)
+    parser.add_argument(
+        "--ingress", nargs="+", default=["haproxy", "proxy"], choices=["haproxy", "proxy"],
+        help="ingress modes to measure, side by side (the first also runs batching, swap and rollback)",
+    )
     args = parser.parse_args()
 
     import faiss
@@ -333,10 +401,7 @@ def main() -> None:
         "content": IndexConfig(factory_string="IVF{nlist},Flat", metric="cosine"),
         "user": IndexConfig(factory_string="IVF{nlist},Flat", metric="ip"),
     }
-    config = ServeConfig(
-        port=_free_port(), poll_interval_s=1.0, warmup_queries=16, max_recommend_candidates=2000
-    )
-
+    config = ServeConfig(warmup_queries=16, max_recommend_candidates=2000)
     index = load_index_bundle(store, read_pointers(store, INDEX_POINTERS), config, index_configs)
     ranker = load_ranker_bundle(store, read_pointers(store, RANKER_POINTERS), config)
     users = np.random.default_rng(0).permutation(index.interest.ids)
@@ -351,111 +416,59 @@ def main() -> None:
     del index, ranker
     print("in-process:", in_process)
 
-    spec = app_spec(store_root, config, index_configs)
-    metrics_port = _free_port()
-    base = f"http://127.0.0.1:{config.port}"
     candidate_paths = [f"/v1/candidates/{u}?k=100" for u in users[:500]]
     recommend_paths = [f"/v1/recommend/{u}?k=50&candidates=500" for u in users[:500]]
     result: dict = {
         "dataset": data,
         "sizes": sizes,
-        "serve_config": config.model_dump(mode="json"),
-        "ray_serve_env": dict(config.ray_serve_env),
         "in_process": in_process,
         "in_process_batching": in_process_batching,
+        "ingress": {},
     }
-    try:
-        started = time.perf_counter()
-        start_local(spec, num_cpus=2, metrics_export_port=metrics_port)
-        result["startup_s"] = round(time.perf_counter() - started, 1)
-        with httpx.Client(base_url=base) as client:  # warm the HTTP path once
-            for path in candidate_paths[:20] + recommend_paths[:20]:
-                client.get(path)
-
-        # The floor: proxy + ingress + one round trip to each model deployment, no model work.
-        result["healthz_floor"] = asyncio.run(_closed_loop(base, ["/healthz"], 1, args.seconds))
-        print("healthz floor:", result["healthz_floor"])
-        _deploy_serve_floor("/serve-floor")
-        result["serve_floor"] = {
-            name: asyncio.run(_closed_loop(base, [f"/serve-floor/{name}"], 1, args.seconds))
-            for name in ("direct", "hop")
-        }
-        serve.delete(FLOOR_APP)
-        print("serve floor:", result["serve_floor"])
-        load: dict = {"candidates": [], "recommend": []}
-        for level in args.concurrency:
-            for name, paths in (("candidates", candidate_paths), ("recommend", recommend_paths)):
-                before, cpu_before, client_before = (
-                    _batch_totals(base, name),
-                    _process_cpu_s(),
-                    time.process_time(),
-                )
-                row = asyncio.run(_closed_loop(base, paths, level, args.seconds))
-                row["cpu_ms_per_request"] = _cpu_ms_per_request(
-                    cpu_before, _process_cpu_s(), time.process_time() - client_before, row["requests"]
-                )
-                row["mean_batch_size"] = _mean_batch_size(before, _batch_totals(base, name))
-                load[name].append(row)
-                print(name, row)
-        result["load"] = load
-
-        top = max(args.concurrency)
-        batching = {"batched": next(r for r in load["recommend"] if r["concurrency"] == top)}
-        start_local(spec, user_config={"max_batch_size": 1, "batch_wait_timeout_s": 0.0})
-        time.sleep(1.0)
-        before = _batch_totals(base, "recommend")
-        batching["unbatched"] = asyncio.run(_closed_loop(base, recommend_paths, top, args.seconds))
-        batching["unbatched"]["mean_batch_size"] = _mean_batch_size(before, _batch_totals(base, "recommend"))
-        batching["gain"] = round(batching["batched"]["qps"] / max(batching["unbatched"]["qps"], 1e-9), 2)
-        start_local(spec, user_config={"max_batch_size": 64, "batch_wait_timeout_s": 0.002})
-        result["batching"] = batching
-        print("batching:", {k: v if isinstance(v, float) else v["qps"] for k, v in batching.items()})
-
-        def wait_serving(content_version: str, ranker_version: str, timeout_s: float = 60.0) -> float:
-            started = time.perf_counter()
-            with httpx.Client(base_url=base) as client:
-                while time.perf_counter() - started < timeout_s:
-                    serving = client.get("/v1/versions").json()["serving"]
-                    if (
-                        serving["indexes"]["content"]["version"] == content_version
-                        and serving["models"]["ranker"]["version"] == ranker_version
-                    ):
-                        return round(time.perf_counter() - started, 2)
-                    time.sleep(0.1)
-            raise RuntimeError(f"serving did not switch to {content_version}/{ranker_version}")
-
-        def hot_swap() -> dict:
-            _publish_set(store, second)
-            return {
-                "published": second["indexes/content"],
-                "switch_after_publish_s": wait_serving(second["indexes/content"], second["models/ranker"]),
-            }
-
-        def rollback() -> dict:
-            rollback_serving_set(store)
-            return {
-                "rolled_back_to": first["indexes/content"],
-                "switch_after_publish_s": wait_serving(first["indexes/content"], first["models/ranker"]),
-            }
-
-        swap = _sustained_with_switches(
-            base, recommend_paths, 8, [(3.0, "hot_swap", hot_swap), (3.0, "rollback", rollback)], tail_s=3.0
+    # The default ingress first: the batching, hot swap and rollback measurements run on it.
+    modes = [args.ingress[0]] + [m for m in args.ingress[1:] if m != args.ingress[0]]
+    for mode in modes:
+        config = ServeConfig(
+            port=_free_port(), poll_interval_s=1.0, warmup_queries=16, max_recommend_candidates=2000, ingress=mode
         )
-        result["hot_swap"] = swap
-        print("hot swap:", {k: v for k, v in swap.items() if k != "series"})
+        spec = app_spec(store_root, config, index_configs)
+        metrics_port = _free_port()
+        base = f"http://127.0.0.1:{config.port}"
+        run: dict = {"serve_config": config.model_dump(mode="json"), "ray_serve_env": serve_environment(config)}
+        result["ingress"][mode] = run
         try:
-            text = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).text
-            result["prometheus_metrics"] = sorted(
-                {
-                    line.split("{")[0].split(" ")[0]
-                    for line in text.splitlines()
-                    if "nearline_" in line and not line.startswith("#")
-                }
-            )
-        except httpx.HTTPError as exc:
-            result["prometheus_metrics"] = f"unavailable: {exc}"
-    finally:
-        shutdown_local()
+            started = time.perf_counter()
+            start_local(spec, num_cpus=2, metrics_export_port=metrics_port)
+            run["startup_s"] = round(time.perf_counter() - started, 1)
+            with httpx.Client(base_url=base) as client:  # warm the HTTP path once
+                for path in candidate_paths[:20] + recommend_paths[:20]:
+                    client.get(path)
+            run["healthz_floor"] = asyncio.run(_closed_loop(base, ["/healthz"], 1, args.seconds))
+            _deploy_serve_floor("/serve-floor")
+            run["serve_floor"] = asyncio.run(_closed_loop(base, ["/serve-floor"], 1, args.seconds))
+            serve.delete(FLOOR_APP)
+            print(mode, "serve floor:", run["serve_floor"], "healthz:", run["healthz_floor"])
+            load: dict = {"candidates": [], "recommend": []}
+            for level in args.concurrency:
+                for name, paths in (("candidates", candidate_paths), ("recommend", recommend_paths)):
+                    before, cpu_before, client_before = (
+                        _batch_totals(base, name),
+                        _process_cpu_s(),
+                        time.process_time(),
+                    )
+                    row = asyncio.run(_closed_loop(base, paths, level, args.seconds))
+                    row["cpu_ms_per_request"] = _cpu_ms_per_request(
+                        cpu_before, _process_cpu_s(), time.process_time() - client_before, row["requests"]
+                    )
+                    row["mean_batch_size"] = _mean_batch_size(before, _batch_totals(base, name))
+                    load[name].append(row)
+                    print(mode, name, {k: v for k, v in row.items() if k != "cpu_ms_per_request"})
+            run["load"] = load
+            if mode == modes[0]:
+                result.update(_batching_and_swaps(spec, base, store, first, second, recommend_paths, load, args))
+                result["prometheus_metrics"] = _nearline_metrics(metrics_port)
+        finally:
+            shutdown_local()
     result["bench_seconds"] = round(time.perf_counter() - bench_started, 1)
     REPORTS.mkdir(exist_ok=True)
     (REPORTS / "serve.json").write_text(json.dumps(result, indent=1))
@@ -466,15 +479,15 @@ def main() -> None:
 
 def _plot(result: dict, path: Path) -> None:
     fig, (ax_load, ax_swap) = plt.subplots(1, 2, figsize=(11, 4))
-    for name, marker in (("candidates", "o"), ("recommend", "s")):
-        rows = result["load"][name]
-        levels = [r["concurrency"] for r in rows]
-        ax_load.plot(levels, [r["p50_ms"] for r in rows], marker=marker, label=f"{name} p50")
-        ax_load.plot(levels, [r["p99_ms"] for r in rows], marker=marker, linestyle="--", label=f"{name} p99")
+    for mode, linestyle in zip(result["ingress"], ("-", ":"), strict=False):
+        for name, marker in (("candidates", "o"), ("recommend", "s")):
+            rows = result["ingress"][mode]["load"][name]
+            levels = [r["concurrency"] for r in rows]
+            ax_load.plot(levels, [r["qps"] for r in rows], marker=marker, linestyle=linestyle, label=f"{name} ({mode})")
     ax_load.set_xscale("log", base=2)
     ax_load.set_xlabel("concurrent clients (closed loop)")
-    ax_load.set_ylabel("latency (ms)")
-    ax_load.set_title("HTTP latency vs concurrency")
+    ax_load.set_ylabel("requests per second")
+    ax_load.set_title("HTTP throughput vs concurrency, by ingress")
     ax_load.legend(fontsize=8)
     series = result["hot_swap"]["series"]
     ax_swap.scatter(series["t_s"], series["latency_ms"], s=3, alpha=0.5)
@@ -491,32 +504,49 @@ def _plot(result: dict, path: Path) -> None:
 
 
 def _markdown(result: dict) -> str:
+    ip = result["in_process"]
+    modes = list(result["ingress"])
+    first = result["ingress"][modes[0]]
     lines = [
         "# Serving benchmark",
         "",
         f"Dataset `{result['dataset']}`: {result['sizes']['users']} users, {result['sizes']['posts']} posts, "
-        f"content dim {result['sizes']['content_dim']}; IVF Flat indexes; 2 shared CPU cores for server "
-        f"and load generator. App start {result.get('startup_s')} s. `python -m bench.serve` "
-        f"({result['bench_seconds']} s).",
+        f"content dim {result['sizes']['content_dim']}; IVF Flat indexes; one replica holding both sides; "
+        f"2 shared CPU cores for server and load generator. `python -m bench.serve` ({result['bench_seconds']} s).",
         "",
-        "| endpoint | concurrency | p50 ms | p99 ms | QPS | errors | mean batch |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| ingress | endpoint | clients | p50 ms | p99 ms | QPS | errors | mean batch |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
-    for name in ("candidates", "recommend"):
-        for row in result["load"][name]:
-            lines.append(
-                f"| {name} | {row['concurrency']} | {row['p50_ms']} | {row['p99_ms']} | {row['qps']} | "
-                f"{row['errors']} | {row['mean_batch_size']} |"
-            )
+    for mode in modes:
+        for name in ("candidates", "recommend"):
+            for row in result["ingress"][mode]["load"][name]:
+                lines.append(
+                    f"| {mode} | {name} | {row['concurrency']} | {row['p50_ms']} | {row['p99_ms']} | {row['qps']} | "
+                    f"{row['errors']} | {row['mean_batch_size']} |"
+                )
+    lines += [
+        "",
+        "What HTTP and Serve add over the in-process pipeline (same bundles, no Ray, no HTTP), p50 at 1 client, "
+        "beside the work-free app's floor (a FastAPI replica answering at once through the same ingress):",
+        "",
+        "| ingress | work-free floor p50 ms | candidates: in-process / HTTP / added ms | recommend 500 -> 50: in-process / HTTP / added ms |",
+        "|---|---:|---:|---:|",
+    ]
+    for mode in modes:
+        low = {name: result["ingress"][mode]["load"][name][0] for name in ("candidates", "recommend")}
+        cells = [
+            f"{ip[name]['p50_ms']} / {low[name]['p50_ms']} / {round(low[name]['p50_ms'] - ip[name]['p50_ms'], 2)}"
+            for name in ("candidates", "recommend")
+        ]
+        lines.append(f"| {mode} | {result['ingress'][mode]['serve_floor']['p50_ms']} | {cells[0]} | {cells[1]} |")
     top_rows = {
-        name: max(result["load"][name], key=lambda r: r["concurrency"])
-        for name in ("candidates", "recommend")
+        name: max(first["load"][name], key=lambda r: r["concurrency"]) for name in ("candidates", "recommend")
     }
     processes = sorted({p for row in top_rows.values() for p in row["cpu_ms_per_request"]})
     lines += [
         "",
-        f"CPU per request by process at {top_rows['recommend']['concurrency']} clients (ms; from /proc, "
-        "so what each process burns, wherever it waits):",
+        f"CPU per request by process at {top_rows['recommend']['concurrency']} clients, {modes[0]} ingress "
+        "(ms; from /proc, so what each process burns, wherever it waits):",
         "",
         "| process | " + " | ".join(top_rows) + " |",
         "|---|" + "---:|" * len(top_rows),
@@ -526,40 +556,13 @@ def _markdown(result: dict) -> str:
         lines.append(f"| {process} | {cells} |")
     totals = " | ".join(str(round(sum(row["cpu_ms_per_request"].values()), 2)) for row in top_rows.values())
     lines.append(f"| **total** | {totals} |")
-    ip = result["in_process"]
-    low = {name: result["load"][name][0] for name in ("candidates", "recommend")}
-    lines += [
-        "",
-        "| in-process (no Ray, no HTTP) | p50 ms | p99 ms | HTTP + Serve overhead at p50, 1 client |",
-        "|---|---:|---:|---:|",
-    ]
-    for name in ("candidates", "recommend"):
-        overhead = round(low[name]["p50_ms"] - ip[name]["p50_ms"], 2)
-        lines.append(f"| {name} | {ip[name]['p50_ms']} | {ip[name]['p99_ms']} | {overhead} ms |")
-    floor = result["healthz_floor"]
-    serve_floor = result["serve_floor"]
-    hop_ms = round(serve_floor["hop"]["p50_ms"] - serve_floor["direct"]["p50_ms"], 2)
-    lines += [
-        "",
-        f"What Ray Serve itself costs here (an app doing no work, same proxy, 1 client, Serve flags "
-        f"{result['ray_serve_env']}):",
-        "",
-        "| path | p50 ms | p99 ms |",
-        "|---|---:|---:|",
-        f"| client -> proxy -> ingress replica | {serve_floor['direct']['p50_ms']} | {serve_floor['direct']['p99_ms']} |",
-        f"| ... + one handle call to a second deployment | {serve_floor['hop']['p50_ms']} | {serve_floor['hop']['p99_ms']} |",
-        f"| nearline `/healthz` (ingress + both model deployments, called concurrently) | {floor['p50_ms']} | "
-        f"{floor['p99_ms']} |",
-    ]
     b = result["batching"]
     lines += [
         "",
         f"Batching (/v1/recommend, {b['batched']['concurrency']} clients): batched {b['batched']['qps']} QPS "
         f"(p50 {b['batched']['p50_ms']} ms) vs unbatched {b['unbatched']['qps']} QPS "
-        f"(p50 {b['unbatched']['p50_ms']} ms, batch size 1 forced through the ingress user_config): x{b['gain']}.",
+        f"(p50 {b['unbatched']['p50_ms']} ms, batch size 1 forced through the user_config): x{b['gain']}.",
         "",
-    ]
-    lines += [
         "| in-process, one call for a batch vs one call per query | batch | batched q/s | unbatched q/s | gain |",
         "|---|---:|---:|---:|---:|",
     ]
@@ -567,14 +570,11 @@ def _markdown(result: dict) -> str:
         lines.append(
             f"| {name} | {row['batch_size']} | {row['batched_qps']} | {row['unbatched_qps']} | x{row['gain']} |"
         )
-    lines += [
-        "",
-        "",
-    ]
     swap = result["hot_swap"]
     lines += [
+        "",
         f"Hot swap + rollback under sustained /v1/recommend load ({swap['concurrency']} clients, "
-        f"{swap['requests']} requests): **{swap['failed_requests']} failed**. Baseline p50/p99 "
+        f"{swap['requests']} requests, {modes[0]} ingress): **{swap['failed_requests']} failed**. Baseline p50/p99 "
         f"{swap['baseline']['p50_ms']}/{swap['baseline']['p99_ms']} ms.",
         "",
         "| switch | publish -> serving (s) | requests in window | p50 ms | p99 ms | max ms |",
@@ -585,29 +585,7 @@ def _markdown(result: dict) -> str:
             f"| {event['event']} | {event['detail']['switch_after_publish_s']} | {window['requests']} | "
             f"{window['p50_ms']} | {window['p99_ms']} | {window['max_ms']} |"
         )
-    overhead = round(low["candidates"]["p50_ms"] - ip["candidates"]["p50_ms"], 1)
-    verdict = "meets" if overhead <= 5 else "misses"
-    wait_ms = result["serve_config"]["batching"]["batch_wait_timeout_s"] * 1000
-    top = max(row["concurrency"] for row in result["load"]["recommend"])
-    top_batch = {
-        name: next(r["mean_batch_size"] for r in result["load"][name] if r["concurrency"] == top)
-        for name in ("candidates", "recommend")
-    }
-    floor_ms = round(serve_floor["hop"]["p50_ms"] + wait_ms, 1)
-    lines += [
-        "",
-        f"Reading: HTTP + Serve add {overhead} ms at p50 to /v1/candidates with one client, which {verdict} the "
-        f"5 ms target on this machine. /v1/candidates is proxy -> ingress -> index deployment, the shape of the "
-        f"work-free app's second row, plus the {wait_ms:g} ms batch wait: a floor of {floor_ms} ms that Serve "
-        f"costs on these 2 shared cores before nearline does anything ({hop_ms} ms per handle hop alone), so "
-        f"nearline's own request handling adds about {round(overhead - floor_ms, 1)} ms. FAISS and the ranker "
-        f"cost {ip['candidates']['p50_ms']} / {ip['recommend']['p50_ms']} ms in-process. Under load the ingress "
-        f"merges concurrent requests (mean batch {top_batch['candidates']} / {top_batch['recommend']} for "
-        f"/v1/candidates / /v1/recommend at {top} clients), so "
-        "the index and ranker deployments take one call per batch; what still costs per request is the proxy "
-        "and the ingress itself, which saturate the 2 shared cores first.",
-        "",
-    ]
+    lines.append("")
     return "\n".join(lines)
 
 

@@ -137,7 +137,7 @@ def haproxy_available() -> bool:
 
 def serve_environment(config: ServeConfig) -> dict[str, str]:
     """The RAY_SERVE_* environment the Ray processes need for this config (ingress mode + extra flags)."""
-    env = {}
+    env = {"RAY_SERVE_ENABLE_HA_PROXY": "0"}
     if config.ingress == "haproxy":
         if haproxy_available():
             env["RAY_SERVE_ENABLE_HA_PROXY"] = "1"

@@ -76,9 +76,10 @@ def ray_head():
     # Token authentication on, with a token of this test's own (not ~/.ray/auth_token): `serve deploy`
     # and the REST calls below present it, as an operator's tools would on a real cluster.
     token = secrets.token_hex(16)
-    # gRPC data plane on, as the serving docs tell operators (serve.ray_serve_env).
+    # HAProxy ingress on, as conf/serve.yaml tells operators (serve.ingress).
     env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token, "RAY_USAGE_STATS_ENABLED": "0",
-           "RAY_SERVE_USE_GRPC_BY_DEFAULT": "1"}
+           "RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_HAPROXY_METRICS_PORT": str(_free_port()),
+           "RAY_SERVE_HAPROXY_STATS_PORT": str(_free_port())}
     head = subprocess.Popen(command, stdout=log.open("w"), stderr=subprocess.STDOUT, env=env,
                             start_new_session=True, cwd=REPO_ROOT)
     headers = {"Authorization": f"Bearer {token}"}
@@ -126,13 +127,12 @@ def serve_config_copy(nearline_config: str, port: int, overrides: list[str], bat
     app["args"] = {"config": nearline_config, "overrides": overrides}
     for deployment in app["deployments"]:
         if deployment["ray_actor_options"].get("num_cpus"):
-            # Two model deployments on a 2-CPU head leave room for a replacement replica of each.
+            # A 2-CPU head leaves room for a replacement replica beside each old one.
             deployment["ray_actor_options"]["num_cpus"] = 0.5
         # A stopping replica keeps answering what routers still send it while they learn it is going.
         deployment["graceful_shutdown_wait_loop_s"] = 5
         deployment["graceful_shutdown_timeout_s"] = 60
-        if deployment["name"] == "Ingress":
-            deployment["user_config"]["max_batch_size"] = batch_size
+        deployment["user_config"]["max_batch_size"] = batch_size
     return spec
 
 
@@ -154,7 +154,7 @@ def _replica_ids(app: dict) -> set[str]:
 
 
 def _wait_running(head: dict, client: httpx.Client, batch_size: int, timeout_s: float) -> dict:
-    """Wait until the app is RUNNING and the ingress reports the wanted batch size over HTTP."""
+    """Wait until the app is RUNNING and its replicas report the wanted batch size over HTTP."""
     deadline = time.monotonic() + timeout_s
     app: dict = {}
     while time.monotonic() < deadline:
@@ -164,7 +164,7 @@ def _wait_running(head: dict, client: httpx.Client, batch_size: int, timeout_s: 
         ):
             try:
                 versions = client.get("/v1/versions").json()
-                if versions["ingress"]["batching"]["max_batch_size"] == batch_size:
+                if versions["replica"]["batching"]["max_batch_size"] == batch_size:
                     return app
             except (httpx.HTTPError, KeyError, ValueError):
                 pass
@@ -239,4 +239,4 @@ def test_serve_deploy_query_and_rolling_update_without_failed_requests(ray_head,
         assert before_update > 0 and load.ok > before_update
         assert load.failures == [], load.failures[:10]
         assert not _replica_ids(app_before) & _replica_ids(app_after), "replicas were not replaced"
-        assert client.get("/v1/versions").json()["ingress"]["batching"]["max_batch_size"] == 16
+        assert client.get("/v1/versions").json()["replica"]["batching"]["max_batch_size"] == 16

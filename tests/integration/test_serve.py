@@ -36,7 +36,10 @@ def app(tmp_path_factory):
     write_tiny_dataset(data, num_users=200, num_posts=400, seed=5)
     first = build_serving_set(store_root, data, seed=1, content_dim=16)
     config = ServeConfig(
-        port=_free_port(), poll_interval_s=0.5, warmup_queries=4, num_cpus=0.5
+        port=_free_port(), poll_interval_s=0.5, warmup_queries=4, num_cpus=0.5,
+        # HAProxy's own listeners default to fixed ports; free ones keep a concurrent Serve from colliding.
+        ray_serve_env={"RAY_SERVE_HAPROXY_METRICS_PORT": str(_free_port()),
+                       "RAY_SERVE_HAPROXY_STATS_PORT": str(_free_port())},
     )
     spec = app_spec(store_root, config, fixture_index_configs())
     try:
