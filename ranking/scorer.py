@@ -128,6 +128,7 @@ class RankerScorer:
         author_ids: np.ndarray,
         post_columns: Mapping[str, np.ndarray],
         post_vectors: np.ndarray | None = None,
+        calibrated: bool = True,
     ) -> np.ndarray:
         """Score rows of (user, post); each row names the user, the post's author and its features.
 
@@ -136,9 +137,11 @@ class RankerScorer:
             author_ids: int64 (N,) author of each post.
             post_columns: post feature name -> array (N,).
             post_vectors: float32 (N, post dense_vector_dim) when the post group takes one.
+            calibrated: apply the scorer's calibration (when it has one). False gives the model's own
+                sigmoid outputs, which order posts strictly; see ``calibrate``.
 
         Returns:
-            float64 (N, T) probabilities (calibrated when the scorer has a calibration).
+            float64 (N, T) probabilities.
         """
         user_ids = np.asarray(user_ids)
         post_ids, post_dense = encode_group(
@@ -159,6 +162,20 @@ class RankerScorer:
             )
         )
         probabilities = torch.sigmoid(logits).numpy().astype(np.float64)
+        return self.calibrate(probabilities) if calibrated else probabilities
+
+    def calibrate(self, probabilities: np.ndarray) -> np.ndarray:
+        """The calibrated probabilities of ``score_pairs(..., calibrated=False)`` outputs.
+
+        Isotonic calibration is a step function: it maps whole ranges of model outputs to one value,
+        so it is right for reading probabilities off but must not decide the order of posts.
+
+        Args:
+            probabilities: float64 (N, T) uncalibrated.
+
+        Returns:
+            float64 (N, T); the input itself when the scorer has no calibration.
+        """
         return self._calibration.apply(probabilities) if self._calibration is not None else probabilities
 
     def score(

@@ -55,10 +55,10 @@ class SourceSettings:
             reciprocal-rank fusion.
     """
 
-    enabled: tuple[str, ...] = SOURCES
-    trending_window_hours: float = 48.0
-    followed_window_hours: float = 48.0
-    hit_rates: Mapping[str, tuple[float, ...]] | None = None
+    enabled: tuple[str, ...]
+    trending_window_hours: float
+    followed_window_hours: float
+    hit_rates: Mapping[str, tuple[float, ...]] | None
 
     def __post_init__(self) -> None:
         unknown = [name for name in self.enabled if name not in SOURCES]
@@ -100,17 +100,14 @@ def rank_buckets(num_ranks: int) -> np.ndarray:
 
 
 def rank_weights(num_ranks: int, hit_rates: Sequence[float] | None) -> np.ndarray:
-    """The fusion weight of ranks 1..num_ranks of one source: float64 (num_ranks,), non-increasing.
+    """The fusion weight of ranks 1..num_ranks of one source: float64 (num_ranks,).
 
-    Learned rates are interpolated linearly in log2(rank) between bucket centres, so a weight still
-    falls inside a bucket and two sources' posts rarely tie; without rates it is 1 / (RRF_K + rank).
+    Learned rates are a step function of the log2 rank bucket, as fitted (posts of one source in one
+    bucket tie and keep their order through fuse's tie-break); without rates, 1 / (RRF_K + rank).
     """
-    ranks = np.arange(1, num_ranks + 1, dtype=np.float64)
     if hit_rates is None:
-        return 1.0 / (RRF_K + ranks)
-    # Bucket b spans log2(rank) in [b, b + 1): its centre is b + 0.5; np.interp holds the end values.
-    centres = np.arange(NUM_RANK_BUCKETS) + 0.5
-    return np.interp(np.log2(ranks), centres, np.asarray(hit_rates, dtype=np.float64))
+        return 1.0 / (RRF_K + np.arange(1, num_ranks + 1, dtype=np.float64))
+    return np.asarray(hit_rates, dtype=np.float64)[rank_buckets(num_ranks)]
 
 
 def fuse(
@@ -237,7 +234,8 @@ def followed_posts(
     if len(candidates) == 0:
         return np.zeros(0, np.int64), np.zeros(0, np.float32)
     created = posts.created_at_us[np.searchsorted(posts.post_ids, candidates)]
-    keep = (created > posts.snapshot_us - int(window_hours * MICROS_PER_HOUR)) & ~np.isin(candidates, seen)
+    start_us = posts.snapshot_us - int(window_hours * MICROS_PER_HOUR)
+    keep = (created > start_us) & (created <= posts.snapshot_us) & ~np.isin(candidates, seen)
     candidates, created = candidates[keep], created[keep]
     order = np.lexsort((-candidates, -created))[:k]
     age_hours = (posts.snapshot_us - created[order]) / MICROS_PER_HOUR

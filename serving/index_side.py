@@ -253,6 +253,7 @@ def load_index_bundle(
         known_users=np.union1d(np.union1d(interest_vectors.ids, user_vectors.ids), lists.user_ids),
         collaborative_neighbors=config.collaborative_neighbors,
         max_k=config.max_k,
+        sources=SourceSettings.from_config(config),
     )
     try:
         bundle.warmup(config.warmup_queries)

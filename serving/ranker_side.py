@@ -87,8 +87,15 @@ class RankerBundle:
         """Score every query's posts in one scorer call.
 
         Returns:
-            Per query {"post_ids" int64 (P,), "score" float64 (P,) weighted calibrated score,
-            "probabilities" float64 (P, T)}, or its RequestError (unknown user or posts).
+            Per query, or its RequestError (unknown user or posts):
+            {"post_ids" int64 (P,),
+             "rank_score" float64 (P,): the task-weighted uncalibrated model probabilities, the order
+                 to serve in (strictly monotone in the model's outputs, so posts tie only when the
+                 model cannot tell them apart),
+             "score" float64 (P,): the task-weighted calibrated probabilities, the value to read as
+                 a probability (isotonic calibration is a step function: many posts share one value),
+             "probabilities" float64 (P, T) calibrated per task}.
+            A post the ranker does not know (skip_unknown_posts) has -inf scores and NaN probabilities.
         """
         results: list[dict[str, np.ndarray] | RequestError | None] = [None] * len(queries)
         rows: list[np.ndarray] = []
@@ -122,23 +129,22 @@ class RankerBundle:
                         and self.posts.vectors.shape[1] == self.post_vector_dim
                         else np.zeros((len(pos), self.post_vector_dim), dtype=np.float32)
                     )
-                probabilities = self.scorer.score_pairs(
-                    user_ids, self.posts.author_ids[pos], columns, vectors
+                raw = self.scorer.score_pairs(
+                    user_ids, self.posts.author_ids[pos], columns, vectors, calibrated=False
                 )
             else:
-                probabilities = np.zeros((0, len(self.tasks)))
-            scores = probabilities @ self.task_weights
+                raw = np.zeros((0, len(self.tasks)))
+            probabilities = self.scorer.calibrate(raw)
+            weighted = {"rank_score": raw @ self.task_weights, "score": probabilities @ self.task_weights}
             for i, start, n in spans:
                 found = found_masks[i]
-                score = np.full(len(found), -np.inf)
-                score[found] = scores[start : start + n]
-                query_probabilities = np.full((len(found), len(self.tasks)), np.nan)
-                query_probabilities[found] = probabilities[start : start + n]
-                results[i] = {
-                    "post_ids": queries[i].post_ids,
-                    "score": score,
-                    "probabilities": query_probabilities,
-                }
+                result: dict[str, np.ndarray] = {"post_ids": queries[i].post_ids}
+                for name, values in weighted.items():
+                    result[name] = np.full(len(found), -np.inf)
+                    result[name][found] = values[start : start + n]
+                result["probabilities"] = np.full((len(found), len(self.tasks)), np.nan)
+                result["probabilities"][found] = probabilities[start : start + n]
+                results[i] = result
         return results  # type: ignore[return-value]
 
     def warmup(self, num_queries: int, seed: int = 0) -> None:
@@ -151,7 +157,7 @@ class RankerBundle:
         for result in self.rank(queries):
             if isinstance(result, RequestError):
                 raise BundleLoadError(f"warm-up query failed: {result.message}")
-            if not np.isfinite(result["score"]).all():
+            if not (np.isfinite(result["score"]).all() and np.isfinite(result["rank_score"]).all()):
                 raise BundleLoadError("warm-up produced non-finite scores")
 
 

@@ -1,4 +1,10 @@
-"""The recommend pipeline: candidates -> which to rank -> ranker scores -> top k."""
+"""The recommend pipeline: candidates -> which to rank -> ranker scores -> top k.
+
+Order: by the ranker's uncalibrated task-weighted score (``rank_score``). The calibrated score
+(``score``, kept under its old name) is isotonic, a step function that gives whole ranges of model
+outputs one value, so ordering by it made many candidates tie and fall back to retrieval order.
+Every item carries both; only posts the model scores identically keep their candidate order.
+"""
 
 from __future__ import annotations
 
@@ -7,28 +13,36 @@ from typing import Any
 
 import numpy as np
 
-from serving.api import CandidateQuery, RankQuery
+from serving.api import SOURCES, CandidateQuery, RankQuery
 from serving.errors import RequestError
 from serving.index_side import IndexBundle
 from serving.ranker_side import RankerBundle
 
 
-def select_top(candidates: Sequence[Mapping[str, Any]], scores: np.ndarray, k: int) -> list[dict[str, Any]]:
-    """The k best candidates by ranking score, each with its candidate source and retrieval score.
+def select_top(
+    candidates: Sequence[Mapping[str, Any]], scored: Mapping[str, np.ndarray], k: int
+) -> list[dict[str, Any]]:
+    """The k best candidates by the ranker's rank_score, each with its candidate source and retrieval score.
 
     Args:
-        candidates: candidate dicts (post_id, source, score, ...), row-aligned with scores.
-        scores: float (C,) ranking scores.
+        candidates: candidate dicts (post_id, source, score, ...), row-aligned with the scores.
+        scored: RankerBundle.rank's result for them: "rank_score" and "score" float (C,).
         k: items wanted.
+
+    Returns:
+        Up to k dicts {post_id, score (calibrated), rank_score (the order), source, retrieval_score},
+        rank_score descending; candidates the ranker could not score (-inf) are left out.
     """
-    scores = np.asarray(scores)
-    order = np.argsort(-scores, kind="stable")[:k]
-    # -inf marks a candidate the ranker could not score (see RankQuery.skip_unknown_posts).
-    order = order[np.isfinite(scores[order])]
+    rank_score = np.asarray(scored["rank_score"])
+    score = np.asarray(scored["score"])
+    # Stable: equal rank scores (the model cannot tell the posts apart) keep the candidate order.
+    order = np.argsort(-rank_score, kind="stable")[:k]
+    order = order[np.isfinite(rank_score[order])]
     return [
         {
             "post_id": candidates[i]["post_id"],
-            "score": float(scores[i]),
+            "score": float(score[i]),
+            "rank_score": float(rank_score[i]),
             "source": candidates[i]["source"],
             "retrieval_score": candidates[i]["score"],
         }
@@ -68,34 +82,60 @@ def recommendations(
         results[i] = (
             scored
             if isinstance(scored, RequestError)
-            else select_top(
-                candidate_lists[i],
-                scored["score"],
-                ks[i],  # type: ignore[arg-type]
-            )
+            else select_top(candidate_lists[i], scored, ks[i])  # type: ignore[arg-type]
         )
     return results
+
+
+def rank_candidates(
+    ranker: RankerBundle,
+    user_ids: Sequence[int],
+    candidate_lists: Sequence[list[dict[str, Any]] | RequestError],
+    ks: Sequence[int],
+) -> list[list[dict[str, Any]] | RequestError]:
+    """Rank each user's candidates (IndexBundle.candidates output) and keep the top ks[i]: one ranker call."""
+    to_rank, rank_queries = rank_queries_for(user_ids, candidate_lists)
+    ranked = ranker.rank(rank_queries) if rank_queries else []
+    return recommendations(candidate_lists, to_rank, ranked, ks)
+
+
+def recommend_batch(
+    index: IndexBundle,
+    ranker: RankerBundle,
+    user_ids: Sequence[int],
+    k: int,
+    num_candidates: int,
+    sources: tuple[str, ...] = SOURCES,
+) -> list[list[dict[str, Any]] | RequestError]:
+    """Candidates -> rank -> top k for a batch of users (seen posts excluded by the candidate step)."""
+    candidate_lists = index.candidates([CandidateQuery(int(u), num_candidates, sources) for u in user_ids])
+    return rank_candidates(ranker, user_ids, candidate_lists, [k] * len(user_ids))
 
 
 def recommend(
     index: IndexBundle, ranker: RankerBundle, user_id: int, k: int, num_candidates: int
 ) -> list[dict[str, Any]]:
-    """In-process candidates -> rank -> top k (seen posts excluded by the candidate step)."""
-    candidate_lists = index.candidates([CandidateQuery(user_id, num_candidates)])
-    to_rank, rank_queries = rank_queries_for([user_id], candidate_lists)
-    ranked = ranker.rank(rank_queries) if rank_queries else []
-    result = recommendations(candidate_lists, to_rank, ranked, [k])[0]
+    """In-process candidates -> rank -> top k for one user; raises the RequestError (404 unknown user)."""
+    result = recommend_batch(index, ranker, [user_id], k, num_candidates)[0]
     if isinstance(result, RequestError):
         raise result
     return result
 
 
 def rank_response(result: Mapping[str, np.ndarray], tasks: Sequence[str]) -> list[dict[str, Any]]:
-    """JSON-ready scores for /v1/rank, in the request's post order."""
+    """JSON-ready scores for /v1/rank, in the request's post order.
+
+    ``score`` is the calibrated weighted probability; sort by ``rank_score`` (uncalibrated, strictly
+    monotone in the model's outputs) to order posts, as /v1/recommend does.
+    """
     probabilities = result["probabilities"].tolist()
     return [
-        {"post_id": p, "score": s, "probabilities": dict(zip(tasks, probs, strict=True))}
-        for p, s, probs in zip(
-            result["post_ids"].tolist(), result["score"].tolist(), probabilities, strict=True
+        {"post_id": p, "score": s, "rank_score": r, "probabilities": dict(zip(tasks, probs, strict=True))}
+        for p, s, r, probs in zip(
+            result["post_ids"].tolist(),
+            result["score"].tolist(),
+            result["rank_score"].tolist(),
+            probabilities,
+            strict=True,
         )
     ]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from ranking.calibration import Calibration
 from serving.api import (
     CandidateQuery,
     NeighborQuery,
@@ -25,10 +27,10 @@ from serving.arrays import IdLists, parquet_files
 from serving.config import ServeConfig, haproxy_available, serve_environment
 from serving.errors import BundleLoadError, RequestError
 from serving.hot_swap import BundleHolder
-from serving.index_side import load_index_bundle, merge_candidates
+from serving.index_side import load_index_bundle
 from serving.lineage import INDEX_POINTERS, RANKER_POINTERS, read_pointers, rollback_serving_set
 from serving.ranker_side import load_ranker_bundle
-from serving.recommend import recommend, select_top
+from serving.recommend import rank_response, recommend, select_top
 from storage.store import Store
 from tests.support.serving_fixture import build_serving_set, fixture_index_configs, write_tiny_dataset
 
@@ -95,13 +97,21 @@ def test_user_id_must_be_a_non_negative_integer():
 
 
 def test_sources():
-    assert parse_sources(None) == ("content", "collaborative")
-    assert parse_sources("both") == ("content", "collaborative")
+    every = ("content", "collaborative", "trending", "followed")
+    assert parse_sources(None) == every
+    assert parse_sources("both") == every and parse_sources("all") == every
+    assert parse_sources("all", enabled=("content", "trending")) == ("content", "trending")
     assert parse_sources("collaborative") == ("collaborative",)
-    assert parse_sources("content,content") == ("content",)
-    with pytest.raises(RequestError) as info:
-        parse_sources("content,trending")
-    assert info.value.status == 422 and "trending" in info.value.message
+    assert parse_sources("content,content, followed") == ("content", "followed")
+    for raw, enabled, bad in [
+        ("content,popular", every, "popular"),
+        ("trending", ("content", "collaborative"), "trending"),
+        (",", every, "','"),
+    ]:
+        with pytest.raises(RequestError) as info:
+            parse_sources(raw, enabled)
+        assert info.value.status == 422 and bad in info.value.message
+        assert ", ".join(enabled) in info.value.message  # names what is allowed
 
 
 def test_neighbors_body_validation():
@@ -151,24 +161,6 @@ def test_ray_serve_env_takes_only_serve_flags():
 # ------------------------------------------------------------------------------------------- merging
 
 
-def test_merge_interleaves_sources_deduplicates_and_keeps_every_sources_score():
-    content = (np.array([10, 11, 12]), np.array([0.9, 0.8, 0.7]))
-    collaborative = (np.array([11, 20]), np.array([3.0, 2.0]))
-    merged = merge_candidates({"content": content, "collaborative": collaborative}, k=10)
-    assert [c["post_id"] for c in merged] == [10, 11, 20, 12]
-    both = merged[1]
-    assert both["source"] == "collaborative" or both["source"] == "content"
-    assert both["scores"] == {"content": 0.8, "collaborative": 3.0}
-    assert [
-        c["post_id"] for c in merge_candidates({"content": content, "collaborative": collaborative}, k=2)
-    ] == [
-        10,
-        11,
-    ]
-    assert merge_candidates({}, k=5) == []
-    assert merge_candidates({"content": (np.zeros(0, np.int64), np.zeros(0))}, k=5) == []
-
-
 def test_id_lists_keep_the_most_recent_first_and_cap():
     lists = IdLists.from_pairs(
         keys=np.array([2, 1, 2, 2, 1]),
@@ -194,7 +186,9 @@ def test_candidates_exclude_seen_posts_and_carry_source_and_score(bundles):
         ids = [c["post_id"] for c in result]
         assert len(ids) == len(set(ids)) <= 30
         assert not seen & set(ids)
-        assert all(c["source"] in ("content", "collaborative") and c["source"] in c["scores"] for c in result)
+        assert all(c["source"] in c["scores"] for c in result)
+    sources = {c["source"] for result in results for c in result}
+    assert sources <= {"content", "collaborative", "trending", "followed"} and len(sources) > 1
 
 
 def test_content_only_candidates_are_the_index_neighbours_of_the_interest_vector(bundles):
@@ -269,10 +263,76 @@ def test_recommend_ranks_candidates_and_returns_top_k(bundles):
     top = recommend(index, ranker, user, k=5, num_candidates=40)
     candidates = {c["post_id"] for c in index.candidates([CandidateQuery(user, 40)])[0]}
     assert 0 < len(top) <= 5 and {t["post_id"] for t in top} <= candidates
-    scores = [t["score"] for t in top]
+    scores = [t["rank_score"] for t in top]
     assert scores == sorted(scores, reverse=True)
-    all_scores = ranker.rank([RankQuery(user, np.array(sorted(candidates)))])[0]["score"]
+    all_scores = ranker.rank([RankQuery(user, np.array(sorted(candidates)))])[0]["rank_score"]
     assert scores[0] == pytest.approx(all_scores.max())
+
+
+def test_served_order_is_the_raw_score_even_where_calibration_ties(bundles, monkeypatch):
+    # A calibration that maps every model output to one value: the extreme of isotonic steps.
+    index, ranker = bundles
+    flat = Calibration(ranker.tasks, {t: (np.array([0.0, 1.0]), np.array([0.3, 0.3])) for t in ranker.tasks})
+    monkeypatch.setattr(ranker.scorer, "_calibration", flat)
+    user = int(index.interest.ids[2])
+    candidates = index.candidates([CandidateQuery(user, 40)])[0]
+    scored = ranker.rank([RankQuery(user, np.array([c["post_id"] for c in candidates]))])[0]
+    assert np.allclose(scored["score"], 0.3) and len(np.unique(scored["rank_score"])) == len(candidates)
+    # Handed over worst-first, so falling back to candidate order would serve them worst-first.
+    worst_first = np.argsort(scored["rank_score"])
+    candidates = [candidates[i] for i in worst_first]
+    scored = ranker.rank([RankQuery(user, np.array([c["post_id"] for c in candidates]))])[0]
+    top = select_top(candidates, scored, k=10)
+    served = [t["rank_score"] for t in top]
+    assert (np.diff(served) < 0).all(), "posts with different raw scores tied or inverted"
+    assert [t["post_id"] for t in top] == [candidates[i]["post_id"] for i in np.argsort(-scored["rank_score"])[:10]]
+    assert all(t["score"] == pytest.approx(0.3) for t in top)
+    via_recommend = recommend(index, ranker, user, k=10, num_candidates=40)
+    assert [t["post_id"] for t in via_recommend] == [t["post_id"] for t in top]
+    response = rank_response(scored, ranker.tasks)
+    assert [r["rank_score"] for r in response] == scored["rank_score"].tolist()
+    assert all(r["score"] == pytest.approx(0.3) for r in response)
+
+
+@pytest.fixture(scope="module")
+def with_cold_users(tmp_path_factory):
+    """A serving set whose dataset has three users without any event or follow (ids 9001..9003)."""
+    root = tmp_path_factory.mktemp("cold")
+    data = root / "data"
+    write_tiny_dataset(str(data), num_users=120, num_posts=300, seed=5)
+    users = pq.read_table(data / "users" / "part-00000.parquet")
+    cold = users.slice(0, 3).set_column(0, "user_id", pa.array([9001, 9002, 9003], pa.int64()))
+    pq.write_table(cold, data / "users" / "part-00001.parquet")
+    build_serving_set(str(root / "store"), str(data), seed=1, content_dim=16)
+    store = Store(str(root / "store"))
+    return _index(store, str(data)), _ranker(store, str(data))
+
+
+def test_a_user_without_history_gets_the_fallback_sources_and_only_a_never_seen_id_is_404(with_cold_users):
+    index, ranker = with_cold_users
+    assert index.interest.get(9001) is None and len(index.lists.seen.get(9001)) == 0
+    cold, never_seen = index.candidates([CandidateQuery(9001, 20), CandidateQuery(424242, 20)])
+    assert cold and "content" not in {c["source"] for c in cold}
+    trending = index.candidates([CandidateQuery(9001, 20, ("trending",))])[0]
+    assert trending and {c["source"] for c in trending} == {"trending"}
+    assert trending[0]["post_id"] in {c["post_id"] for c in cold}
+    assert isinstance(never_seen, RequestError) and never_seen.status == 404 and "424242" in never_seen.message
+    top = recommend(index, ranker, 9002, k=5, num_candidates=50)
+    assert len(top) == 5
+    with pytest.raises(RequestError) as info:
+        recommend(index, ranker, 424242, k=5, num_candidates=50)
+    assert info.value.status == 404 and "424242" in info.value.message
+
+
+def test_disabled_sources_do_not_run(bundles):
+    index, _ = bundles
+    only_content = replace(index, sources=replace(index.sources, enabled=("content",)))
+    users = [int(u) for u in index.interest.ids[:5]]
+    for result in only_content.candidates([CandidateQuery(u, 30) for u in users]):
+        assert result and {c["source"] for c in result} == {"content"}
+        assert all(set(c["scores"]) == {"content"} for c in result)
+    asked = only_content.candidates([CandidateQuery(users[0], 30, ("trending", "followed"))])[0]
+    assert asked == []
 
 
 # ------------------------------------------------------------------------------------------- coherence / refusal
@@ -402,6 +462,6 @@ def test_posts_the_ranker_does_not_know_yet_are_dropped_from_recommend_not_an_er
     lenient = ranker.rank([RankQuery(user, posts, skip_unknown_posts=True)])[0]
     assert np.isfinite(lenient["score"][:3]).all() and np.isneginf(lenient["score"][3:]).all()
     candidates = [{"post_id": int(p), "source": "content", "score": 0.0} for p in posts]
-    top = select_top(candidates, lenient["score"], k=5)
+    top = select_top(candidates, lenient, k=5)
     assert [item["post_id"] for item in top] and all(item["post_id"] not in unknown for item in top)
     assert len(top) == 3
