@@ -5,9 +5,10 @@ Writes: new versions in the store; CURRENT pointers switch only at the very end,
         after every stage and every validation gate passed; a run record in store/runs/
 
 Chain: validate input -> content model (bootstrap when none is serving) -> content
-embeddings -> user interests -> ranking features -> ranker (warm-started from the
-serving one) -> user and user-author embeddings -> content and user indexes (each
-gated on recall, counts, NaN and dimension) -> publish.
+embeddings -> user interests -> ranking features -> serving tables (post features and
+user lists as of the snapshot) -> ranker (warm-started from the serving one) -> user and
+user-author embeddings -> content and user indexes (each gated on recall, counts, NaN
+and dimension) -> publish.
 
 Each stage has a key: a hash of its config section, its upstream versions and the
 input files' fingerprint. When a previous successful run produced a version under
@@ -34,6 +35,8 @@ from storage.store import Store, config_hash, new_version
 # Artifacts a refresh publishes, in publish order: the indexes go last because
 # serving follows the index pointers and must find everything they name already there.
 PUBLISH_ORDER = (
+    ("features", "post"),
+    ("features", "user_lists"),
     ("models", "content"),
     ("embeddings", "content"),
     ("embeddings", "user_interest"),
@@ -141,6 +144,7 @@ def run_refresh(config: NearlineConfig, spark=None) -> dict[str, Any]:  # noqa: 
         build_index,
         build_ranking_features,
         export_content_embeddings,
+        export_serving_tables,
         export_user_embeddings,
         train_content_model,
         train_ranker,
@@ -181,6 +185,17 @@ def run_refresh(config: NearlineConfig, spark=None) -> dict[str, Any]:  # noqa: 
             "features", ("features", "ranking"),
             stage_key("features", fingerprint, content, config_hash(config.ranker.features)),
             lambda: _versioned(build_ranking_features.run(spark, config, content_version=content)),
+        )
+        # Serving reads these instead of the raw dataset; built from the same input, they publish
+        # with the ranker and indexes below, so one refresh (and one rollback) moves them together.
+        run.stage(
+            "post_features", ("features", "post"), stage_key("post_features", fingerprint),
+            lambda: _manifest(export_serving_tables.run_post_features(spark, config, False, fingerprint)),
+        )
+        run.stage(
+            "user_lists", ("features", "user_lists"),
+            stage_key("user_lists", fingerprint, config_hash(export_serving_tables.list_caps(config.serve))),
+            lambda: _manifest(export_serving_tables.run_user_lists(spark, config, False, fingerprint)),
         )
         parent = store.current("models", "ranker")
         # The parent is not part of the key: re-running on the same features must not warm-start

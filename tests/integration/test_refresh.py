@@ -57,6 +57,8 @@ def test_first_refresh_publishes_a_coherent_set(first_run, refresh_config):
     assert store.manifest("embeddings", "content", serving["embeddings/content"])["model_version"] == \
         serving["models/content"]
     assert store.manifest("indexes", "user", serving["indexes/user"])["model_version"] == serving["models/ranker"]
+    assert {store.manifest("features", n, serving[f"features/{n}"])["input_fingerprint"]
+            for n in ("post", "user_lists")} == {first_run["input_fingerprint"]}
     assert [s["status"] for s in first_run["stages"]].count("ran") == len(first_run["stages"])
 
 
@@ -66,8 +68,9 @@ def test_rerun_with_unchanged_inputs_skips_every_stage(spark, first_run, refresh
     assert record["outcome"] == "unchanged"
     assert {s["name"]: s["status"] for s in record["stages"]
             if s["name"] not in ("validate_input", "publish")} == {
-        name: "skipped" for name in ("content_embeddings", "user_interest", "features", "ranker", "user_embeddings",
-                                     "user_author_embeddings", "index_content", "index_user")}
+        name: "skipped" for name in ("content_embeddings", "user_interest", "features", "post_features", "user_lists",
+                                     "ranker", "user_embeddings", "user_author_embeddings", "index_content",
+                                     "index_user")}
     assert record["serving"] == first_run["serving"]
 
 
