@@ -97,8 +97,8 @@ def rollback_serving_set(store: Store, sides: Sequence[str] = ("content", "user"
 
     The indexes are rolled back (their HISTORY), then the artifacts queried with them are pointed at
     matching versions: user_interest of the content index's content model; the ranker, user and
-    user_author vectors of the user index's ranker; the post-feature and user-list snapshots one step
-    back in their history. Serving deployments pick the change up on their
+    user_author vectors of the user index's ranker; the post-feature and user-list snapshots taken at
+    the instant those user vectors were exported. Serving deployments pick the change up on their
     next poll, load it beside the current bundle, and swap.
 
     Args:
@@ -151,13 +151,17 @@ def rollback_serving_set(store: Store, sides: Sequence[str] = ("content", "user"
             changed["models/ranker"] = ranker_version
         publish_matching("embeddings", "user", ranker_version)
         publish_matching("embeddings", "user_author", ranker_version)
-    # The post features and user lists are snapshots of the data the rolled-back versions were published
-    # with: each refresh that publishes new embeddings also publishes new snapshots, so one step back in
-    # their history pairs them again.
+    # The post features and user lists are snapshots of the data the user vectors were exported from:
+    # serve the ones taken at the same instant (snapshot_us == the user vectors' as_of_us).
+    user_vectors = store.current("embeddings", "user")
+    as_of_us = store.manifest("embeddings", "user", user_vectors).get("as_of_us") if user_vectors else None
     for name in SNAPSHOT_FEATURES:
-        if store.current("features", name) is not None:
-            try:
-                changed[f"features/{name}"] = store.rollback("features", name)
-            except StoreError:
-                pass  # only one snapshot was ever published: it is the one the earlier versions served with
+        if as_of_us is not None and store.current("features", name) is not None:
+            matches = [
+                v for v in store.versions("features", name)
+                if store.manifest("features", name, v).get("snapshot_us") == as_of_us
+            ]
+            if matches and store.current("features", name) != matches[-1]:
+                store.publish("features", name, matches[-1])
+                changed[f"features/{name}"] = matches[-1]
     return changed

@@ -151,16 +151,19 @@ def _publish_index(
     return staged.version
 
 
-def _publish_vectors(store: Store, name: str, table: pa.Table, model_version: str) -> str:
-    with store.stage("embeddings", name, manifest={"model_version": model_version}) as staged:
+def _publish_vectors(store: Store, name: str, table: pa.Table, model_version: str, **manifest: int) -> str:
+    with store.stage("embeddings", name, manifest={"model_version": model_version, **manifest}) as staged:
         os.makedirs(staged.data_path)
         pq.write_table(table, os.path.join(staged.data_path, "part-00000.parquet"))
     store.publish("embeddings", name, staged.version)
     return staged.version
 
 
-def _post_feature_table(data_path: str) -> tuple[pa.Table, int]:
+def _post_feature_table(data_path: str, seed: int) -> tuple[pa.Table, int]:
     """The features/post table the serving-tables Spark job publishes, computed in numpy for the fixture.
+
+    Each set (seed) is a snapshot taken a few microseconds apart, so that rollback's pairing of snapshots
+    with user vectors (snapshot_us == as_of_us) is exercised.
 
     Returns:
         The table (post_id, author_id, created_at_us, post feature columns) and its snapshot time (us).
@@ -176,7 +179,7 @@ def _post_feature_table(data_path: str) -> tuple[pa.Table, int]:
     created = posts.column("created_at").cast(pa.int64()).to_numpy()[order]
     events = engagements.column("event").to_numpy(zero_copy_only=False)
     ts = engagements.column("ts").cast(pa.int64()).to_numpy()
-    snapshot_us = int(ts.max()) + 1 if len(ts) else int(created.max())
+    snapshot_us = (int(ts.max()) + 1 if len(ts) else int(created.max())) + seed
     pos = np.searchsorted(post_ids, engagements.column("post_id").to_numpy().astype(np.int64))
 
     def count(mask: np.ndarray) -> np.ndarray:
@@ -277,7 +280,7 @@ def build_serving_set(
     store = Store(store_root)
     versions: dict[str, str] = {}
     index_configs = fixture_index_configs()
-    post_features, snapshot_us = _post_feature_table(data_path)
+    post_features, snapshot_us = _post_feature_table(data_path, seed)
     lineage = {"snapshot_us": snapshot_us, "input_fingerprint": f"fixture-{Path(data_path).name}"}
     versions["features/post"] = _publish_table(store, "post", post_features, lineage)
     versions["features/user_lists"] = _publish_table(store, "user_lists", _user_lists_table(data_path), lineage)
@@ -344,7 +347,7 @@ def build_serving_set(
 
     user_vectors = split_vectors("user", len(users))
     versions["embeddings/user"] = _publish_vectors(
-        store, "user", _vector_table("user_id", users, user_vectors), ranker_version
+        store, "user", _vector_table("user_id", users, user_vectors), ranker_version, as_of_us=snapshot_us
     )
     authors = posts.author_ids[np.searchsorted(posts.post_ids, engagements.column("post_id").to_numpy())]
     pairs = np.unique(np.stack([engagements.column("user_id").to_numpy(), authors], axis=1), axis=0)

@@ -148,9 +148,9 @@ def test_rank_body_validation():
 
 
 def test_ray_serve_env_takes_only_serve_flags():
-    assert serve_environment(ServeConfig(ingress="proxy")) == {}
+    assert serve_environment(ServeConfig(ingress="proxy")) == {"RAY_SERVE_ENABLE_HA_PROXY": "0"}
     assert serve_environment(ServeConfig(ingress="proxy", ray_serve_env={"RAY_SERVE_LOG_TO_STDERR": "0"})) == {
-        "RAY_SERVE_LOG_TO_STDERR": "0"
+        "RAY_SERVE_ENABLE_HA_PROXY": "0", "RAY_SERVE_LOG_TO_STDERR": "0"
     }
     if haproxy_available():
         assert serve_environment(ServeConfig()) == {"RAY_SERVE_ENABLE_HA_PROXY": "1"}
@@ -465,3 +465,15 @@ def test_posts_the_ranker_does_not_know_yet_are_dropped_from_recommend_not_an_er
     top = select_top(candidates, lenient, k=5)
     assert [item["post_id"] for item in top] and all(item["post_id"] not in unknown for item in top)
     assert len(top) == 3
+
+
+def test_rollback_pairs_the_feature_snapshots_with_the_user_vectors(tmp_path):
+    data, store_root = str(tmp_path / "data"), str(tmp_path / "store")
+    write_tiny_dataset(data, num_users=60, num_posts=120, seed=4)
+    first = build_serving_set(store_root, data, seed=1, content_dim=8)
+    second = build_serving_set(store_root, data, seed=2, content_dim=8)
+    store = Store(store_root)
+    assert store.current("features", "post") == second["features/post"]
+    changed = rollback_serving_set(store)
+    for name in ("post", "user_lists"):
+        assert changed[f"features/{name}"] == first[f"features/{name}"] == store.current("features", name)
