@@ -98,6 +98,9 @@ def ray_head():
             time.sleep(1)
         yield {"dashboard": dashboard, "env": env, "headers": headers}
     finally:
+        # Serve's shutdown stops HAProxy, which runs in a session of its own and would outlive the group.
+        subprocess.run([str(BIN / "serve"), "shutdown", "-y", "--address", dashboard],
+                       capture_output=True, timeout=120, env=env)
         _stop_group(head)
         shutil.rmtree(temp_dir, ignore_errors=True)
 

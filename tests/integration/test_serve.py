@@ -192,3 +192,21 @@ def test_hot_swap_and_rollback_under_load_drop_no_request(app):
             thread.join()
     assert len(outcomes) > 20
     assert set(outcomes) == {200}, {s: outcomes.count(s) for s in set(outcomes)}
+
+
+def test_fuzzing_the_served_api_over_loopback_finds_no_server_error(app):
+    """The schema the running app serves, fuzzed against that app through HAProxy and the replica."""
+    import schemathesis
+    from hypothesis import HealthCheck, given, settings
+
+    schema = schemathesis.openapi.from_url(f"{app['client'].base_url}openapi.json")
+    checks = [schemathesis.checks.not_a_server_error, schemathesis.checks.response_schema_conformance]
+    for result in schema.get_all_operations():
+        operation = result.ok()
+
+        @given(case=operation.as_strategy())
+        @settings(max_examples=15, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
+        def fuzz(case):
+            case.call_and_validate(checks=checks, timeout=30)
+
+        fuzz()
