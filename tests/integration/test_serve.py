@@ -199,7 +199,7 @@ def test_fuzzing_the_served_api_over_loopback_finds_no_server_error(app):
     import schemathesis
     from hypothesis import HealthCheck, given, settings
 
-    schema = schemathesis.openapi.from_url(f"{app['client'].base_url}openapi.json")
+    schema = schemathesis.openapi.from_url(str(app["client"].base_url.join("/openapi.json")))
     checks = [schemathesis.checks.not_a_server_error, schemathesis.checks.response_schema_conformance]
     for result in schema.get_all_operations():
         operation = result.ok()
