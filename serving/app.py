@@ -105,8 +105,9 @@ class Nearline(ServingFrontend):
         if size < 1 or wait_s < 0:
             raise ValueError(f"max_batch_size must be >= 1 and batch_wait_timeout_s >= 0, got {size}, {wait_s}")
         for method in (self._candidates_batch, self._neighbors_batch, self._rank_batch, self._recommend_batch):
-            method.set_max_batch_size(size)  # type: ignore[attr-defined]  # serve.batch wrappers
-            method.set_batch_wait_timeout_s(wait_s)  # type: ignore[attr-defined]
+            # mypy sees the hooks' declared types; at run time they are serve.batch wrappers with these setters.
+            method.set_max_batch_size(size)  # type: ignore[union-attr]
+            method.set_batch_wait_timeout_s(wait_s)  # type: ignore[union-attr]
         self._batching = {"max_batch_size": size, "batch_wait_timeout_s": wait_s}
 
     def reconfigure(self, user_config: dict) -> None:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Annotated, Any, Protocol
 
 from fastapi import FastAPI, Path, Query, Request
@@ -197,7 +197,9 @@ def build_http_api(
     )
     ranges = _param_ranges(config)
 
-    def error_response(request: Request, status: int, message: str, headers: dict | None = None) -> JSONResponse:
+    def error_response(
+        request: Request, status: int, message: str, headers: Mapping[str, str] | None = None
+    ) -> JSONResponse:
         rid = request.headers.get("x-request-id") or request_id() or uuid.uuid4().hex
         return JSONResponse(RequestError(status, message).to_dict(rid), status_code=status, headers=headers)
 
