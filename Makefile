@@ -32,8 +32,9 @@ integration: $(STAMP) check-java
 	$(BIN)/python -m pytest -q tests/integration
 
 lint: $(STAMP)
-	$(BIN)/ruff check jobs embeddings retrieval ranking tests bench
-	$(BIN)/mypy jobs embeddings retrieval ranking
+	$(BIN)/ruff check jobs embeddings retrieval ranking serving storage tests bench
+	$(BIN)/mypy jobs embeddings retrieval ranking serving storage
+	$(BIN)/lint-imports
 
 bench: $(STAMP) check-java
 	$(BIN)/python -m bench.generate
