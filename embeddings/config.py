@@ -11,6 +11,44 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
 
 
+class EmbeddingHealthConfig(BaseModel):
+    """Thresholds of the embedding health gate (embeddings.health) for one kind of embeddings.
+
+    A version failing any check is kept in the store for inspection and never published.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    enabled: bool = Field(True, description="Gate this kind of embeddings before it publishes.")
+    sample_size: PositiveInt = Field(4000, description="Vectors sampled for the checks (cost grows with its square).")
+    num_neighbors: PositiveInt = Field(10, description="k of the nearest-neighbour agreement check.")
+    max_mean_cosine: float = Field(
+        0.7, ge=-1.0, le=1.0, description="Largest mean pairwise cosine; collapsed vectors sit near 1."
+    )
+    min_effective_rank: float = Field(
+        8.0, ge=1.0, description="Least effective rank (exp entropy of normalised singular values)."
+    )
+    min_nn_lift: float = Field(
+        3.0, ge=0.0, description="Least nearest-neighbour label agreement over chance, where truth labels exist."
+    )
+    seed: int = Field(0, description="Seed of the sample.")
+
+
+class EmbeddingGateConfig(BaseModel):
+    """Health gates of the embeddings derived from the content model, checked before a version publishes."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    content: EmbeddingHealthConfig = Field(
+        EmbeddingHealthConfig(), description="Content embeddings of posts (truth: the latent topic of a post)."
+    )
+    user_interest: EmbeddingHealthConfig = Field(
+        EmbeddingHealthConfig(max_mean_cosine=0.8, min_nn_lift=2.0),
+        description="Users' pooled interest vectors (truth: a user's strongest latent topic); pooling "
+        "averages content vectors, so they sit closer together than the posts they come from.",
+    )
+
+
 class ContentModelConfig(BaseModel):
     """Text preprocessing, model shape, training and label-extraction settings of the content model."""
 
@@ -36,6 +74,12 @@ class ContentModelConfig(BaseModel):
         128, description="Size of the content embedding; with project_embedding=False it must equal the pooled size."
     )
     project_embedding: bool = Field(True, description="Linear projection of the attention-pooled vector.")
+    embedding_source: Literal["joint", "deep"] = Field(
+        "joint",
+        description="'joint': the content embedding is a linear projection of [deep vector, wide n-gram vector] "
+        "with its own softmax head, so it carries whatever either path learned; 'deep': the deep path's "
+        "(projected) attention-pooled vector, as DeepMoji (collapses when the deep path has not learned).",
+    )
     l2_normalize_embedding: bool = Field(True, description="L2-normalise the content embedding (cosine = dot).")
     embed_dropout: float = Field(0.2, ge=0.0, lt=1.0, description="Dropout on token embeddings (paper: 0.25).")
     final_dropout: float = Field(0.4, ge=0.0, lt=1.0, description="Dropout before the softmax heads (paper: 0.5).")
@@ -85,6 +129,10 @@ class ContentModelConfig(BaseModel):
 
     seed: int = Field(0, description="Seed of initialisation, shuffling and splits.")
 
+    gate: EmbeddingGateConfig = Field(
+        EmbeddingGateConfig(), description="Health gates of the exported content and user-interest embeddings."
+    )
+
     @model_validator(mode="after")
     def _check_sizes(self) -> ContentModelConfig:
         if not self.project_embedding and self.content_embedding_dim != self.pooled_dim:
@@ -105,3 +153,4 @@ class ContentModelConfig(BaseModel):
         if self.attention_over == "all_layers":
             return self.embedding_dim + 4 * self.lstm_hidden
         return 2 * self.lstm_hidden
+

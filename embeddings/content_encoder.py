@@ -2,12 +2,17 @@
 
 Deep path (DeepMoji, arXiv 1708.00524): token embedding (words, or hashed char n-grams for words outside
 the vocabulary) -> tanh -> two BiLSTM layers -> attention over the concatenation of the embedding and both
-LSTM outputs -> softmax head. The content embedding is the attention-pooled vector, optionally projected
-and L2-normalised.
+LSTM outputs -> (optional projection) -> softmax head.
 
 Wide path (optional): hashed word 1-2-grams and char 3-5-grams, pooled (fastText-like) -> softmax head.
-The two heads are trained side by side and their log-probabilities are mixed (weight ``wide_weight``)
-with a per-class ``logit_bias``, both fitted on validation data for macro-F1.
+
+Content embedding (``embedding_source``): 'joint' (default) is a linear projection of the deep vector and
+the wide n-gram vector with a softmax head of its own, trained with the other two, so the embedding holds
+whatever either path learned (on small corpora the deep path learns little and the wide one carries the
+signal); 'deep' is the deep path's vector, as DeepMoji. Optionally L2-normalised.
+
+The heads are trained side by side; their log-probabilities are mixed (``head_weights`` over deep, wide,
+joint) with a per-class ``logit_bias``, both fitted on validation data for macro-F1.
 
 Artifact directory (:func:`save_content_model`): ``model.pt`` (state dict + format version, read with
 ``weights_only=True``), ``vocab.json``, ``labels.json``, ``config.json``.
@@ -17,7 +22,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -31,7 +36,8 @@ from embeddings.config import ContentModelConfig
 from embeddings.text import Vocabulary, load_vocabulary, save_vocabulary, tokenize, wide_feature_ids
 
 MODEL_FORMAT = "nearline-content-model"
-MODEL_FORMAT_VERSION = 1
+MODEL_FORMAT_VERSION = 2
+HEADS = ("deep", "wide", "joint")
 
 
 @dataclass
@@ -141,7 +147,7 @@ def iterate_batches(features: TextFeatures, batch_size: int, order: np.ndarray |
 
 
 class ContentModel(nn.Module):
-    """DeepMoji-shaped classifier whose attention-pooled vector is the content embedding.
+    """DeepMoji-shaped classifier with a wide n-gram path; see the module docstring for the embedding.
 
     ``vocab``, ``labels`` (label index -> emoji or class name) and ``config`` travel with the model so
     :func:`encode_texts` needs nothing else.
@@ -168,8 +174,24 @@ class ContentModel(nn.Module):
             self.wide_embedding = nn.EmbeddingBag(config.wide_buckets, config.wide_dim, mode="sum", sparse=True)
             self.wide_head = nn.Linear(config.wide_dim, num_labels)
             nn.init.normal_(self.wide_embedding.weight, std=0.01)
-        # Post-hoc calibration for macro-F1, fitted on validation (see embeddings.training.tune_mixture).
-        self.register_buffer("wide_weight", torch.tensor(0.5 if config.wide_enabled else 0.0))
+        self.joint_norm: nn.BatchNorm1d | None = None
+        self.joint_projection: nn.Linear | None = None
+        self.joint_head: nn.Linear | None = None
+        if config.embedding_source == "joint":
+            joint_in = config.content_embedding_dim + (config.wide_dim if config.wide_enabled else 0)
+            # Standardise the projection's input by its training statistics: the deep vector carries a
+            # large component common to every post (LSTM and projection biases) which would otherwise
+            # point every embedding the same way until training has removed it. momentum=None keeps an
+            # exact running average, so short trainings centre as well as long ones.
+            self.joint_norm = nn.BatchNorm1d(joint_in, affine=False, momentum=None)
+            self.joint_projection = nn.Linear(joint_in, config.content_embedding_dim)
+            self.joint_head = nn.Linear(config.content_embedding_dim, num_labels)
+        # Post-hoc calibration for macro-F1, fitted on validation (see embeddings.training.tune_mixture);
+        # until then the heads that exist count equally.
+        present = torch.tensor([1.0, float(config.wide_enabled), float(self.joint_head is not None)])
+        self.head_weights: torch.Tensor
+        self.register_buffer("head_weights", present / present.sum())
+        self.logit_bias: torch.Tensor
         self.register_buffer("logit_bias", torch.zeros(num_labels))
         nn.init.uniform_(self.token_embedding.weight, -0.1, 0.1)
 
@@ -193,29 +215,65 @@ class ContentModel(nn.Module):
         weights = torch.softmax(scores.masked_fill(~mask, float("-inf")), dim=1)
         return torch.bmm(weights.unsqueeze(1), states).squeeze(1)
 
-    def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
-        """Logits of both heads and the content embedding.
+    @property
+    def embedding_head(self) -> nn.Linear:
+        """The head that reads the content embedding (what transfer learning replaces)."""
+        return self.joint_head if self.joint_head is not None else self.deep_head
+
+    def forward(self, batch: Batch, deep_learns_from_joint: bool = False) -> dict[str, torch.Tensor]:
+        """Logits of every head and the content embedding.
+
+        Args:
+            deep_learns_from_joint: let the joint head's gradient reach the deep path. Off while
+                pre-training (the deep path learns from its own head, see below); on for fine-tuning,
+                where the joint head is the only one trained.
 
         Returns:
-            ``deep_logits`` (B, L), ``wide_logits`` (B, L) or None, ``embedding`` float32 (B, D).
+            ``deep_logits`` (B, L), ``wide_logits`` (B, L) or None, ``joint_logits`` (B, L) or None,
+            ``embedding_logits`` (B, L) (the head on the embedding: joint or deep),
+            ``embedding`` float32 (B, content_embedding_dim).
         """
         pooled = self.pooled(batch)
         hidden = self.projection(pooled) if self.projection is not None else pooled
         deep_logits = self.deep_head(self.final_dropout(hidden))
-        wide_logits = None
+        wide_logits = wide = None
         if self.config.wide_enabled:
             wide = self.wide_embedding(batch.wide_ids, batch.wide_offsets, per_sample_weights=batch.wide_weights)
             wide_logits = self.wide_head(self.final_dropout(wide))
+        joint_logits = None
+        if self.joint_norm is not None and self.joint_projection is not None and self.joint_head is not None:
+            # By default the deep vector enters detached: it learns from its own head only, so the joint
+            # head's gradient (large early on, while the wide features are the informative ones) does
+            # not take the deep path's share of the clipped gradient norm and stall it.
+            deep_in = hidden if deep_learns_from_joint else hidden.detach()
+            joint_in = deep_in if wide is None else torch.cat([deep_in, wide], dim=-1)
+            hidden = self.joint_projection(self.joint_norm(joint_in))
+            # The head reads the direction of the embedding only (RMS-normalised: unit vector * sqrt(D)),
+            # so training shapes exactly the cosine geometry that the exported, L2-normalised vectors
+            # are searched by; the sqrt(D) scale keeps inputs O(1) per coordinate for a Linear head.
+            direction = F.normalize(hidden, dim=-1) * hidden.shape[-1] ** 0.5
+            joint_logits = self.joint_head(self.final_dropout(direction))
         embedding = F.normalize(hidden, dim=-1) if self.config.l2_normalize_embedding else hidden
-        return {"deep_logits": deep_logits, "wide_logits": wide_logits, "embedding": embedding}
+        return {"deep_logits": deep_logits, "wide_logits": wide_logits, "joint_logits": joint_logits,
+                "embedding_logits": deep_logits if joint_logits is None else joint_logits, "embedding": embedding}
 
-    def combine(self, deep_logits: torch.Tensor, wide_logits: torch.Tensor | None,
-                wide_weight: torch.Tensor | float | None = None, bias: torch.Tensor | None = None) -> torch.Tensor:
-        """Mixed log-probabilities plus the per-class bias: the scores predictions are made from."""
-        w = self.wide_weight if wide_weight is None else wide_weight
-        scores = F.log_softmax(deep_logits, dim=-1)
-        if wide_logits is not None:
-            scores = (1 - w) * scores + w * F.log_softmax(wide_logits, dim=-1)
+    def combine(self, logits: Mapping[str, torch.Tensor | None], weights: torch.Tensor | None = None,
+                bias: torch.Tensor | None = None) -> torch.Tensor:
+        """Mixed log-probabilities of the heads plus the per-class bias: the scores predictions are made from.
+
+        Args:
+            logits: ``{deep,wide,joint}_logits`` (B, L) or None for a head the model lacks.
+            weights: (3,) weights of deep, wide, joint (default: the fitted ``head_weights``).
+            bias: (L,) (default: the fitted ``logit_bias``).
+        """
+        weights = self.head_weights if weights is None else weights
+        scores: torch.Tensor | None = None
+        for i, head in enumerate(HEADS):
+            head_logits = logits.get(f"{head}_logits")
+            if head_logits is not None:
+                part = weights[i] * F.log_softmax(head_logits, dim=-1)
+                scores = part if scores is None else scores + part
+        assert scores is not None, "the deep head always exists"
         return scores + (self.logit_bias if bias is None else bias)
 
 
@@ -281,27 +339,52 @@ def run_model(model: ContentModel, features: TextFeatures, batch_size: int = 512
 
     Returns:
         ``embedding`` float32 (N, D), ``scores`` float32 (N, L) (mixed log-probs + bias),
-        ``deep_logits`` (N, L) and ``wide_logits`` (N, L) (zeros without the wide path).
+        ``deep_logits``, ``embedding_logits`` (N, L), and ``wide_logits`` / ``joint_logits`` (N, L)
+        or None for a head the model lacks.
     """
     was_training = model.training
     model.eval()
     n = len(features)
-    out = {"embedding": np.zeros((n, model.config.content_embedding_dim), dtype=np.float32),
-           "deep_logits": np.zeros((n, model.num_labels), dtype=np.float32),
-           "wide_logits": np.zeros((n, model.num_labels), dtype=np.float32)}
+    keys = ("deep_logits", "wide_logits", "joint_logits", "embedding_logits")
+    out: dict[str, np.ndarray | None] = {
+        "embedding": np.zeros((n, model.config.content_embedding_dim), dtype=np.float32),
+        **{k: np.zeros((n, model.num_labels), dtype=np.float32) for k in keys}}
     # Sorting by length keeps padding (wasted LSTM steps) low; packing makes results batch-independent.
     order = np.argsort(features.tokens_per_text, kind="stable")
     for indices, batch in iterate_batches(features, batch_size, order):
         result = model(batch.to(model.device))
-        out["embedding"][indices] = result["embedding"].float().cpu().numpy()
-        out["deep_logits"][indices] = result["deep_logits"].float().cpu().numpy()
-        if result["wide_logits"] is not None:
-            out["wide_logits"][indices] = result["wide_logits"].float().cpu().numpy()
-    wide = torch.from_numpy(out["wide_logits"]) if model.config.wide_enabled else None
-    out["scores"] = model.combine(torch.from_numpy(out["deep_logits"]), wide,
-                                  model.wide_weight.cpu(), model.logit_bias.cpu()).numpy()
+        for key in ("embedding", *keys):
+            if result[key] is None:
+                out[key] = None
+            else:
+                out[key][indices] = result[key].float().cpu().numpy()  # type: ignore[index]
+    logits = {k: torch.from_numpy(v) for k, v in out.items() if k in keys and v is not None}
+    out["scores"] = model.combine(logits, model.head_weights.cpu(), model.logit_bias.cpu()).numpy()
     model.train(was_training)
-    return out
+    return out  # type: ignore[return-value]
+
+
+@torch.no_grad()
+def refresh_norm_statistics(model: ContentModel, features: TextFeatures, batch_size: int = 512,
+                            max_texts: int = 50_000, seed: int = 0) -> None:
+    """Recompute the joint projection's input statistics with the final weights (in place; no-op without it).
+
+    During training the statistics average over batches seen with ever-changing weights, so at the end
+    they no longer centre what the final model computes, and a common direction returns to every
+    embedding. Call after training, on (a sample of up to ``max_texts`` of) the training texts.
+    """
+    if model.joint_norm is None or len(features) == 0:
+        return
+    was_training = model.training
+    model.eval()
+    model.joint_norm.reset_running_stats()
+    # Only the norm layer in training mode: it then accumulates (momentum=None: an exact average over
+    # the batches) while dropout elsewhere stays off, as at export time.
+    model.joint_norm.train()
+    order = np.random.default_rng(seed).permutation(len(features))[:max_texts]
+    for _, batch in iterate_batches(features, batch_size, np.sort(order)):
+        model(batch.to(model.device))
+    model.train(was_training)
 
 
 def _require_vocab(model: ContentModel) -> Vocabulary:

@@ -11,8 +11,9 @@ import json
 import math
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -22,11 +23,13 @@ from tqdm import tqdm
 
 from embeddings.config import ContentModelConfig
 from embeddings.content_encoder import (
+    HEADS,
     ContentModel,
     TextFeatures,
     build_content_model,
     featurize,
     iterate_batches,
+    refresh_norm_statistics,
     resolve_device,
     run_model,
 )
@@ -92,26 +95,48 @@ def tune_logit_bias(scores: np.ndarray, y_true: np.ndarray, rounds: int = 3) -> 
     return bias.astype(np.float32)
 
 
-def tune_mixture(deep_logits: np.ndarray, wide_logits: np.ndarray | None, y_true: np.ndarray,
-                 tune_bias: bool) -> tuple[float, np.ndarray, dict[str, float]]:
-    """Wide/deep mixing weight and per-class bias for macro-F1 on validation.
+def _simplex_grid(present: Sequence[bool], step: float = 0.1) -> list[tuple[float, ...]]:
+    """Weight vectors over the heads (zero for absent ones) summing to 1, on a grid of ``step``."""
+    units = round(1 / step)
+    grid = []
+    for a in range(units + 1):
+        for b in range(units + 1 - a):
+            w = (a * step, b * step, (units - a - b) * step)
+            if all(p or x == 0 for p, x in zip(present, w, strict=True)):
+                grid.append(tuple(round(x, 4) for x in w))
+    return grid
+
+
+def tune_mixture(head_logits: Mapping[str, np.ndarray | None], y_true: np.ndarray,
+                 tune_bias: bool) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """Head mixing weights (deep, wide, joint) and per-class bias for macro-F1 on validation.
+
+    Args:
+        head_logits: ``{deep,wide,joint}_logits`` float (N, L), or None for a head the model lacks.
 
     Returns:
-        (wide_weight, bias (L,), report) where report holds the val macro-F1 before/after and a
+        (head_weights (3,), bias (L,), report) where report holds the val macro-F1 before/after and a
         2-fold cross-fitted estimate (bias fitted on one half, scored on the other) that is not
         optimistic about the bias.
     """
-    deep = _log_softmax(deep_logits)
-    wide = _log_softmax(wide_logits) if wide_logits is not None else None
-    num_labels = deep.shape[1]
-    weights = [0.0] if wide is None else [round(w, 2) for w in np.arange(0.0, 1.01, 0.1)]
+    log_probs: list[np.ndarray | None] = []
+    for head in HEADS:
+        logits = head_logits.get(f"{head}_logits")
+        log_probs.append(None if logits is None else _log_softmax(logits))
+    num_labels = next(lp for lp in log_probs if lp is not None).shape[1]
 
-    def mix(w: float) -> np.ndarray:
-        return deep if wide is None else (1 - w) * deep + w * wide
+    def mix(w: tuple[float, ...]) -> np.ndarray:
+        mixed = np.zeros_like(next(lp for lp in log_probs if lp is not None))
+        for x, lp in zip(w, log_probs, strict=True):
+            if lp is not None and x > 0:
+                mixed += x * lp
+        return mixed
 
-    wide_weight = max(weights, key=lambda w: macro_f1(y_true, mix(w).argmax(1), num_labels))
-    scores = mix(wide_weight)
-    report = {"wide_weight": wide_weight, "val_macro_f1_unbiased": macro_f1(y_true, scores.argmax(1), num_labels)}
+    grid = _simplex_grid([lp is not None for lp in log_probs])
+    weights = max(grid, key=lambda w: macro_f1(y_true, mix(w).argmax(1), num_labels))
+    scores = mix(weights)
+    report: dict[str, Any] = {"head_weights": dict(zip(HEADS, weights, strict=True)),
+                              "val_macro_f1_unbiased": macro_f1(y_true, scores.argmax(1), num_labels)}
     bias = np.zeros(num_labels, dtype=np.float32)
     if tune_bias:
         rng = np.random.default_rng(0)
@@ -127,7 +152,7 @@ def tune_mixture(deep_logits: np.ndarray, wide_logits: np.ndarray | None, y_true
         if report["bias_applied"]:
             bias = tune_logit_bias(scores, y_true)
     report["val_macro_f1_tuned"] = macro_f1(y_true, (scores + bias).argmax(1), num_labels)
-    return wide_weight, bias, report
+    return np.array(weights, dtype=np.float32), bias, report
 
 
 # ---------------------------------------------------------------- training
@@ -191,7 +216,7 @@ def _save_curve(history: list[dict], path: str) -> None:
     ax1.plot(epochs, [h["train_loss"] for h in history], marker="o")
     ax1.set_xlabel("epoch")
     ax1.set_ylabel("train loss")
-    for key in ("val_macro_f1", "val_deep_macro_f1", "val_wide_macro_f1"):
+    for key in ("val_macro_f1", "val_deep_macro_f1", "val_wide_macro_f1", "val_joint_macro_f1"):
         if any(key in h for h in history):
             ax2.plot(epochs, [h.get(key, float("nan")) for h in history], marker="o", label=key)
     ax2.set_xlabel("epoch")
@@ -257,9 +282,10 @@ def train_content_model(
                     group["lr"] = base_lr * _lr_factor(config.lr_schedule, step, total_steps)
             out = model(batch.to(dev))
             target = y_train[indices].to(dev)
-            loss = F.cross_entropy(out["deep_logits"], target, weight=weights)
-            if out["wide_logits"] is not None:
-                loss = loss + F.cross_entropy(out["wide_logits"], target, weight=weights)
+            # Every head learns from the labels: the deep and wide heads keep each path learning on its
+            # own (and feed the ensemble); the joint head trains the embedding.
+            loss = torch.stack([F.cross_entropy(out[f"{head}_logits"], target, weight=weights)
+                                for head in HEADS if out[f"{head}_logits"] is not None]).sum()
             for opt, _ in opts:
                 opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -275,7 +301,8 @@ def train_content_model(
         record = {"epoch": epoch, "train_loss": total_loss / seen, "epoch_s": round(epoch_s, 2), **val}
         history.append(record)
         tqdm.write(f"epoch {epoch}: loss {record['train_loss']:.4f}  val macro-F1 {val['val_macro_f1']:.4f} "
-                   f"(deep {val['val_deep_macro_f1']:.4f}, wide {val.get('val_wide_macro_f1', 0):.4f})  "
+                   f"(deep {val['val_deep_macro_f1']:.4f}, wide {val.get('val_wide_macro_f1', 0):.4f}, "
+                   f"joint {val.get('val_joint_macro_f1', 0):.4f})  "
                    f"{epoch_s:.0f}s")
         if val["val_macro_f1"] > best_f1:
             best_f1, best_epoch, bad_epochs = val["val_macro_f1"], epoch, 0
@@ -286,6 +313,7 @@ def train_content_model(
                 break
     assert best_state is not None
     model.load_state_dict(best_state)
+    refresh_norm_statistics(model, train_features, seed=config.seed)
     tuning = calibrate_content_model(model, val_features, val_labels)
     final = classification_metrics(val_labels, run_model(model, val_features)["scores"])
     train_s = time.perf_counter() - started
@@ -306,12 +334,10 @@ def train_content_model(
 
 
 def calibrate_content_model(model: ContentModel, val_features: TextFeatures, val_labels: np.ndarray) -> dict:
-    """Fit the wide/deep mixing weight and the per-class logit bias on validation (in place)."""
+    """Fit the head mixing weights and the per-class logit bias on validation (in place)."""
     out = run_model(model, val_features)
-    wide_logits = out["wide_logits"] if model.config.wide_enabled else None
-    wide_weight, bias, report = tune_mixture(out["deep_logits"], wide_logits, val_labels,
-                                             model.config.tune_logit_bias)
-    model.wide_weight.fill_(wide_weight)
+    weights, bias, report = tune_mixture(out, val_labels, model.config.tune_logit_bias)
+    model.head_weights.copy_(torch.from_numpy(weights).to(model.head_weights.device))
     model.logit_bias.copy_(torch.from_numpy(bias).to(model.logit_bias.device))
     return report
 
@@ -330,8 +356,9 @@ def _evaluate_heads(model: ContentModel, features: TextFeatures, labels: np.ndar
     n = model.num_labels
     result = {"val_macro_f1": classification_metrics(labels, out["scores"])["macro_f1"],
               "val_deep_macro_f1": macro_f1(labels, out["deep_logits"].argmax(1), n)}
-    if model.config.wide_enabled:
-        result["val_wide_macro_f1"] = macro_f1(labels, out["wide_logits"].argmax(1), n)
+    for head in ("wide", "joint"):
+        if out[f"{head}_logits"] is not None:
+            result[f"val_{head}_macro_f1"] = macro_f1(labels, out[f"{head}_logits"].argmax(1), n)
     return result
 
 
@@ -377,8 +404,9 @@ def chain_thaw(model: ContentModel, train_texts: Sequence[str], train_labels: np
                ) -> tuple[ContentModel, dict]:
     """Chain-thaw fine-tuning (DeepMoji): new head, then each layer alone, then all layers.
 
-    The emoji heads are replaced by a fresh softmax head over ``label_names``; the wide path is
-    dropped from the prediction (transfer goes through the content embedding). Each stage trains until
+    The emoji heads are replaced by fresh heads over ``label_names``; only the head on the content
+    embedding (joint, or deep for 'deep' models) is trained and predicts: transfer goes through the
+    embedding. Each stage trains until
     val accuracy has not improved for ``patience`` epochs (at most ``max_epochs_per_stage``) and keeps
     the weights of its best epoch, as the paper's chain-thaw does.
 
@@ -393,23 +421,32 @@ def chain_thaw(model: ContentModel, train_texts: Sequence[str], train_labels: np
     tuned.num_labels = num_labels
     tuned.labels = list(label_names)
     tuned.deep_head = nn.Linear(tuned.config.content_embedding_dim, num_labels).to(dev)
+    if tuned.config.wide_enabled:
+        tuned.wide_head = nn.Linear(tuned.config.wide_dim, num_labels).to(dev)
+    if tuned.joint_head is not None:
+        tuned.joint_head = nn.Linear(tuned.config.content_embedding_dim, num_labels).to(dev)
+    head = tuned.embedding_head
     # Start the new head at the class prior so early stages never do worse than the majority class.
     prior = np.bincount(train_labels, minlength=num_labels) + 1.0
     with torch.no_grad():
-        tuned.deep_head.weight.mul_(0.1)
-        tuned.deep_head.bias.copy_(torch.from_numpy(np.log(prior / prior.sum())).float())
-    if tuned.config.wide_enabled:
-        tuned.wide_head = nn.Linear(tuned.config.wide_dim, num_labels).to(dev)
-    tuned.wide_weight = torch.tensor(0.0, device=dev)
+        head.weight.mul_(0.1)
+        head.bias.copy_(torch.from_numpy(np.log(prior / prior.sum())).float())
+    only_embedding_head = torch.zeros(len(HEADS), device=dev)
+    only_embedding_head[HEADS.index("joint" if tuned.joint_head is not None else "deep")] = 1.0
+    tuned.head_weights = only_embedding_head
     tuned.logit_bias = torch.zeros(num_labels, device=dev)
     assert tuned.vocab is not None
     train_f = featurize(train_texts, tuned.vocab, tuned.config)
     val_f = featurize(val_texts, tuned.vocab, tuned.config)
-    encoder_layers = [[tuned.token_embedding], [tuned.lstm1], [tuned.lstm2],
-                      [m for m in (tuned.attention, tuned.projection) if m is not None]]
-    stages = [("head", [[tuned.deep_head]], head_lr)]
+    encoder_layers: list[list[nn.Module]] = [
+        [tuned.token_embedding], [tuned.lstm1], [tuned.lstm2],
+        [m for m in (tuned.attention, tuned.projection) if m is not None]]
+    if tuned.joint_projection is not None:
+        encoder_layers.append([m for m in (getattr(tuned, "wide_embedding", None), tuned.joint_norm,
+                                           tuned.joint_projection) if m is not None])
+    stages: list[tuple[str, list[list[nn.Module]], float]] = [("head", [[head]], head_lr)]
     stages += [(f"layer{i}", [layer], layer_lr) for i, layer in enumerate(encoder_layers)]
-    stages += [("head_again", [[tuned.deep_head]], layer_lr), ("all", encoder_layers + [[tuned.deep_head]], layer_lr)]
+    stages += [("head_again", [[head]], layer_lr), ("all", encoder_layers + [[head]], layer_lr)]
     rng = np.random.default_rng(tuned.config.seed)
     y = torch.from_numpy(train_labels)
     report = {}
@@ -426,7 +463,7 @@ def chain_thaw(model: ContentModel, train_texts: Sequence[str], train_labels: np
         for _ in range(max_epochs_per_stage):
             tuned.train()
             for indices, batch in iterate_batches(train_f, batch_size, rng.permutation(len(train_f))):
-                logits = tuned(batch.to(dev))["deep_logits"]
+                logits = tuned(batch.to(dev), deep_learns_from_joint=True)["embedding_logits"]
                 loss = F.cross_entropy(logits, y[indices].to(dev))
                 for opt, _ in opts:
                     opt.zero_grad(set_to_none=True)
@@ -449,8 +486,9 @@ def chain_thaw(model: ContentModel, train_texts: Sequence[str], train_labels: np
         tqdm.write(f"chain-thaw {name}: val accuracy {best_acc:.4f}")
     for p in tuned.parameters():
         p.requires_grad_(True)
+    refresh_norm_statistics(tuned, train_f, seed=tuned.config.seed)
     return tuned.eval(), {"val_accuracy_by_stage": report}
 
 
 def _accuracy(model: ContentModel, features: TextFeatures, labels: np.ndarray) -> float:
-    return float((run_model(model, features)["deep_logits"].argmax(1) == labels).mean())
+    return float((run_model(model, features)["embedding_logits"].argmax(1) == labels).mean())

@@ -11,6 +11,13 @@
 The model is loaded once per Python worker (cached by path) and applied through
 mapInPandas on Arrow batches; nothing is collected to the driver. Outputs are
 written into a staging version and appear only when complete.
+
+Health gate (content.gate.content / content.gate.user_interest): a seeded sample of the
+written vectors is checked for collapse (mean pairwise cosine, effective rank) and, where the
+dataset has generator truth tables (truth/posts: a post's latent topic; truth/user_topics: a
+user's strongest topic), for nearest-neighbour topic agreement against chance. The report goes
+into the manifest ("health"); a version that fails is kept complete in the store for inspection,
+never published, and EmbeddingHealthFailed names the version and the failed checks.
 """
 
 from __future__ import annotations
@@ -19,18 +26,26 @@ import argparse
 import functools
 import time
 from collections.abc import Iterator
+from typing import Any, cast
 
+import numpy as np
 import pandas as pd
+from pyspark.errors import AnalysisException
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.window import Window
 
+from embeddings.config import EmbeddingHealthConfig
 from jobs.config import NearlineConfig, UserInterestConfig
 from jobs.io import write_parquet_deterministic
 from jobs.spark import build_spark_session
 from storage.store import Store, config_hash
 
 ENGAGEMENT_EVENTS = ("like", "reply", "repost")
+
+
+class EmbeddingHealthFailed(ValueError):
+    """Exported embeddings failed the health gate; the version was kept unpublished."""
 
 
 @functools.lru_cache(maxsize=2)
@@ -97,8 +112,74 @@ def pool_user_interests(engagements: DataFrame, content: DataFrame, config: User
     )
 
 
+def _truth(spark: SparkSession, path: str) -> DataFrame | None:
+    """The truth table at ``path``, or None when the dataset has none (real data)."""
+    try:
+        return spark.read.parquet(path)
+    except AnalysisException as exc:
+        if "PATH_NOT_FOUND" in str(exc) or "Path does not exist" in str(exc):
+            return None
+        raise
+
+
+def health_sample(vectors: DataFrame, key: str, num_rows: int, truth: DataFrame | None, sample_size: int,
+                  seed: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """A seeded hash sample of about ``sample_size`` rows of ``vectors`` (key, vector), with truth labels.
+
+    Args:
+        vectors: DataFrame (``key`` long, vector array<float>) of ``num_rows`` rows.
+        truth: DataFrame (``key`` long, label int) or None.
+
+    Returns:
+        (float32 (S, D) vectors, int64 (S,) labels with -1 where truth has no row, or None without truth).
+    """
+    # A hash of the key, not DataFrame.sample: the same rows whatever the partitioning.
+    fraction = min(1.0, 1.2 * sample_size / max(num_rows, 1))
+    bucket = F.pmod(F.xxhash64(F.col(key), F.lit(seed)), F.lit(1_000_000))
+    sample = vectors.where(bucket < int(fraction * 1_000_000)).select(key, "vector")
+    if truth is not None:
+        sample = sample.join(truth.select(key, "label"), on=key, how="left")
+    rows = cast(pd.DataFrame, sample.limit(sample_size).toPandas()).sort_values(key)
+    matrix = np.stack(rows["vector"].to_list()).astype(np.float32) if len(rows) else np.zeros((0, 0), np.float32)
+    labels = rows["label"].fillna(-1).to_numpy(dtype=np.int64) if truth is not None else None
+    return matrix, labels
+
+
+def check_health(vectors: DataFrame, key: str, num_rows: int, truth: DataFrame | None,
+                 thresholds: EmbeddingHealthConfig, truth_name: str | None) -> dict[str, Any]:
+    """Health report of exported vectors (embeddings.health) with the gate's verdict under ``gate``."""
+    from embeddings.health import embedding_health, gate_embedding_health
+
+    matrix, labels = health_sample(vectors, key, num_rows, truth, thresholds.sample_size, thresholds.seed)
+    if len(matrix) < 2:
+        # One vector has no pairs to compare; nothing to gate on.
+        return {"num_vectors": num_rows, "sample_size": len(matrix), "gate": {"passed": True, "reason": None,
+                                                                               "checks": []}}
+    report = embedding_health(matrix, labels, len(matrix), thresholds.num_neighbors, thresholds.seed)
+    report["truth"] = truth_name if labels is not None else None
+    report["gate"] = gate_embedding_health(report, thresholds)
+    report["gate"]["enforced"] = thresholds.enabled
+    return report
+
+
+def _enforce(kind: str, version: str, health: dict[str, Any]) -> None:
+    gate = health["gate"]
+    if gate["enforced"] and not gate["passed"]:
+        raise EmbeddingHealthFailed(
+            f"embeddings/{kind} {version} failed the embedding health gate ({gate['reason']}); "
+            "kept unpublished for inspection (see its manifest.json 'health')")
+
+
 def run_content(spark: SparkSession, config: NearlineConfig, store: Store, model_version: str | None,
                 publish: bool) -> tuple[str, int]:
+    """Encode every post into a staged embeddings/content version, gate its health, publish if asked.
+
+    Returns:
+        (version, number of posts).
+
+    Raises:
+        EmbeddingHealthFailed: the vectors failed the health gate (the version stays staged, unpublished).
+    """
     model_version = store.resolve("models", "content", model_version)
     model_dir = store.path("models", "content", model_version)
     posts_path = f"{config.data.path}/posts"
@@ -110,7 +191,14 @@ def run_content(spark: SparkSession, config: NearlineConfig, store: Store, model
                                           staged.data_path)
         if rows == 0:
             raise ValueError(f"no posts to encode in {posts_path}: expected at least one row")
-        staged.manifest.update({"row_counts": {"posts": rows}, "dim": config.content.content_embedding_dim})
+        truth = _truth(spark, f"{config.data.path}/truth/posts")
+        health = check_health(
+            spark.read.parquet(staged.data_path), "post_id", rows,
+            None if truth is None else truth.select("post_id", F.col("topic").alias("label")),
+            config.content.gate.content, "truth/posts topic")
+        staged.manifest.update({"row_counts": {"posts": rows}, "dim": config.content.content_embedding_dim,
+                                "health": health})
+    _enforce("content", staged.version, health)
     if publish:
         store.publish("embeddings", "content", staged.version)
     return staged.version, rows
@@ -118,6 +206,14 @@ def run_content(spark: SparkSession, config: NearlineConfig, store: Store, model
 
 def run_user_interest(spark: SparkSession, config: NearlineConfig, store: Store, content_version: str | None,
                       publish: bool) -> tuple[str, int]:
+    """Pool users' interest vectors into a staged embeddings/user_interest version, gate, publish if asked.
+
+    Returns:
+        (version, number of users).
+
+    Raises:
+        EmbeddingHealthFailed: the vectors failed the health gate (the version stays staged, unpublished).
+    """
     content_version = store.resolve("embeddings", "content", content_version)
     content_manifest = store.manifest("embeddings", "content", content_version)
     content = spark.read.parquet(store.data_path("embeddings", "content", content_version))
@@ -129,10 +225,34 @@ def run_user_interest(spark: SparkSession, config: NearlineConfig, store: Store,
     with store.stage("embeddings", "user_interest", manifest=manifest) as staged:
         interests = pool_user_interests(engagements, content, config.user_interest)
         rows = write_parquet_deterministic(interests, staged.data_path)
-        staged.manifest.update({"row_counts": {"users": rows}, "dim": content_manifest.get("dim")})
+        truth = _truth(spark, f"{config.data.path}/truth/user_topics")
+        strongest_topic = F.array_position("topic_weights", F.array_max("topic_weights")) - 1
+        health = check_health(
+            spark.read.parquet(staged.data_path), "user_id", rows,
+            None if truth is None else truth.select("user_id", strongest_topic.cast("int").alias("label")),
+            config.content.gate.user_interest, "truth/user_topics strongest topic")
+        staged.manifest.update({"row_counts": {"users": rows}, "dim": content_manifest.get("dim"),
+                                "health": health})
+    _enforce("user_interest", staged.version, health)
     if publish:
         store.publish("embeddings", "user_interest", staged.version)
     return staged.version, rows
+
+
+def with_health(store: Store, kind: str, result: tuple[str, int]) -> tuple[str, dict[str, Any]]:
+    """``(version, rows)`` of :func:`run_content` / :func:`run_user_interest` -> ``(version, details)`` for a
+    refresh record: the row count and the version's health report (with the topic agreement where known)."""
+    version, rows = result
+    health = store.manifest("embeddings", kind, version).get("health", {})
+    return version, {"rows": rows, "health": {k: v for k, v in health.items() if k != "gate"},
+                     "gate": health.get("gate")}
+
+
+def _health_line(health: dict[str, Any]) -> str:
+    parts = [f"{key} {health[key]:.3f}" for key in ("mean_cosine", "effective_rank", "nn_agreement",
+                                                   "chance_agreement", "nn_lift") if health.get(key) is not None]
+    return f"health ({health.get('truth') or 'no truth labels'}): " + ", ".join(parts) + \
+        f"; gate {'passed' if health['gate']['passed'] else 'FAILED'}"
 
 
 def _handle_content(args: argparse.Namespace, config: NearlineConfig) -> int:
@@ -142,6 +262,7 @@ def _handle_content(args: argparse.Namespace, config: NearlineConfig) -> int:
     version, rows = run_content(spark, config, store, args.model_version, not args.no_publish)
     elapsed = time.perf_counter() - started
     print(f"encoded {rows:,} posts in {elapsed:.1f} s ({rows / elapsed:,.0f} posts/s) -> embeddings/content/{version}")
+    print(_health_line(store.manifest("embeddings", "content", version)["health"]))
     return 0
 
 
@@ -152,6 +273,7 @@ def _handle_user_interest(args: argparse.Namespace, config: NearlineConfig) -> i
     version, rows = run_user_interest(spark, config, store, args.content_version, not args.no_publish)
     print(f"pooled {rows:,} user interest vectors in {time.perf_counter() - started:.1f} s "
           f"-> embeddings/user_interest/{version}")
+    print(_health_line(store.manifest("embeddings", "user_interest", version)["health"]))
     return 0
 
 

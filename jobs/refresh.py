@@ -171,15 +171,21 @@ def run_refresh(config: NearlineConfig, spark=None) -> dict[str, Any]:  # noqa: 
                 stage_key("content_model", fingerprint, config_hash(config.content)),
                 lambda: train_content_model.train_from_dataset(spark, config, store, publish=False),
             )
+        # Both exports gate their vectors' health (content.gate) before anything can publish them: a
+        # collapsed version fails its stage and stays staged for inspection; the record keeps the report.
         content = run.stage(
             "content_embeddings", ("embeddings", "content"),
-            stage_key("content_embeddings", fingerprint, content_model),
-            lambda: _versioned(export_content_embeddings.run_content(spark, config, store, content_model, False)),
+            stage_key("content_embeddings", fingerprint, content_model, config_hash(config.content.gate.content)),
+            lambda: export_content_embeddings.with_health(store, "content", export_content_embeddings.run_content(
+                spark, config, store, content_model, False)),
         )
         run.stage(
             "user_interest", ("embeddings", "user_interest"),
-            stage_key("user_interest", fingerprint, content, config_hash(config.user_interest)),
-            lambda: _versioned(export_content_embeddings.run_user_interest(spark, config, store, content, False)),
+            stage_key("user_interest", fingerprint, content, config_hash(config.user_interest),
+                      config_hash(config.content.gate.user_interest)),
+            lambda: export_content_embeddings.with_health(store, "user_interest",
+                                                          export_content_embeddings.run_user_interest(
+                                                              spark, config, store, content, False)),
         )
         features = run.stage(
             "features", ("features", "ranking"),

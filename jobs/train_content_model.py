@@ -267,7 +267,7 @@ def _handle_finetune(args: argparse.Namespace, config: NearlineConfig) -> int:
     tuned, report = chain_thaw(model, train_texts, train_y, val_texts, val_y, names,
                                max_epochs_per_stage=args.max_epochs_per_stage)
     test_texts, test_y = encoded["test"]
-    logits = run_model(tuned, featurize(test_texts, tuned.vocab, tuned.config))["deep_logits"]
+    logits = run_model(tuned, featurize(test_texts, tuned.vocab, tuned.config))["embedding_logits"]
     accuracy = float((logits.argmax(1) == test_y).mean())
     save_content_model(tuned, tuned.vocab, names, tuned.config, args.out)
     print(json.dumps({"jsonl": args.jsonl, "out": args.out, "test_examples": len(test_texts),

@@ -8,8 +8,11 @@ from storage.store import Store
 
 pytestmark = [pytest.mark.spark, pytest.mark.slow]
 
+# An untrained model's vectors are collapsed: these tests check the export mechanics, so the health gate
+# (tested in test_content_gate.py) is off.
 TINY_CONTENT = {"vocab_size": 500, "subword_buckets": 1024, "embedding_dim": 16, "lstm_hidden": 16,
-                "content_embedding_dim": 8, "wide_buckets": 1024, "num_labels": 8}
+                "content_embedding_dim": 8, "wide_buckets": 1024, "num_labels": 8,
+                "gate": {"content": {"enabled": False}, "user_interest": {"enabled": False}}}
 
 
 @pytest.fixture(scope="module")

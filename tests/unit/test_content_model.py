@@ -83,7 +83,7 @@ def test_save_load_round_trip_gives_identical_outputs(tmp_path):
     model, vocab, config = tiny_model()
     with torch.no_grad():
         model.logit_bias.copy_(torch.tensor([0.1, -0.2, 0.3, 0.0]))
-        model.wide_weight.fill_(0.3)
+        model.head_weights.copy_(torch.tensor([0.5, 0.3, 0.2]))
     save_content_model(model, vocab, ["a", "b", "c", "d"], config, str(tmp_path))
     loaded = load_content_model(str(tmp_path), device="cpu")
     assert loaded.labels == ["a", "b", "c", "d"] and loaded.config == config
