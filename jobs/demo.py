@@ -2,9 +2,11 @@
 
 Everything runs for real on this machine: local Spark for the jobs, a local Ray
 instance for serving, FAISS indexes and a store on disk under .demo/ (wiped at
-the start). While the second refresh publishes, a load generator keeps calling
-the app; the demo ends by printing the versions before and after the switch and
-how many requests failed during it.
+the start). When the new day arrives, `eval recommend` first scores the serving
+set on it (recommend against its candidates' own order, each source, popularity
+and random; .demo/recommend.json). While the second refresh publishes, a load
+generator keeps calling the app; the demo ends by printing the versions before
+and after the switch and how many requests failed during it.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ import httpx
 import pyarrow.dataset as ds
 
 from jobs.config import NearlineConfig, load_config
+from jobs.eval_recommend import evaluate as evaluate_recommend
+from jobs.eval_recommend import render as render_recommend
 from jobs.generate_dataset import run as generate
 from jobs.refresh import render_record, run_refresh
 from jobs.spark import build_spark_session
@@ -98,11 +102,11 @@ def _show_user(client: httpx.Client, config: NearlineConfig, user_id: int) -> No
         by_source[item["source"]] = by_source.get(item["source"], 0) + 1
     items = client.get(f"/v1/recommend/{user_id}", params={"k": 5, "candidates": 300}).json()["items"]
     texts = _post_texts(config, [item["post_id"] for item in items])
-    print(f"user {user_id}: {len(candidates)} candidates {by_source}; top 5 after ranking:")
+    print(f"user {user_id}: {len(candidates)} candidates {by_source}; top 5 after ranking "
+          "(ordered by the ranker's raw score; p(engage) is its calibrated probability):")
     for item in items:
-        score = item.get("score", item.get("scores", {}))
-        print(f"   post {item['post_id']:>6}  p(engage)={score if not isinstance(score, float) else round(score, 3)}"
-              f"  {texts.get(item['post_id'], '')[:70]}")
+        print(f"   post {item['post_id']:>6}  rank score {item['rank_score']:.5f}  p(engage)={item['score']:.3f}"
+              f"  from {item['source']:<13}  {texts.get(item['post_id'], '')[:60]}")
 
 
 def _flat_versions(serving: dict[str, Any]) -> dict[str, str]:
@@ -168,9 +172,15 @@ def main(argv: list[str] | None = None) -> int:
             for user_id in sample_users[:3]:
                 _show_user(client, config, user_id)
 
-            _banner("5. a new day of data arrives; refresh again while serving under load")
+            _banner("5. a new day of data arrives: first, how well did the serving set predict it?")
             config = _demo_config(days, args.port)
             generate(spark, config)
+            # The same candidates -> rank -> top k code the app serves, scored on the day it had not seen.
+            report, _ = evaluate_recommend(config, config.data.path, max_users=500)
+            (DEMO_ROOT / "recommend.json").write_text(json.dumps(report, indent=2, default=str))
+            print(render_recommend(report))
+
+            _banner("6. refresh again while serving under load")
             with LoadGenerator(url, sample_users) as load:
                 record = run_refresh(config, spark)
                 print(render_record(record))
@@ -180,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
                     client, {k: v for k, v in record["published"].items() if k.startswith("indexes/")},
                     timeout_s=120))
                 time.sleep(2)
-            _banner("6. versions switched with zero downtime")
+            _banner("7. versions switched with zero downtime")
             for key in sorted(set(before) | set(after)):
                 if before.get(key) != after.get(key):
                     print(f"  {key:<28} {before.get(key)} -> {after.get(key)}")

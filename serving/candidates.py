@@ -3,7 +3,9 @@
 Sources (``serving.api.SOURCES``; which ones run is ``serve.candidate_sources``):
 
 - content and collaborative search FAISS indexes, so they live with the searchers in
-  ``serving/index_side.py``;
+  ``serving/index_side.py``; content keeps to posts created in the last ``serve.content_window_hours``
+  (engagement falls off within a day or two of posting, so an old post that matches a user's
+  interests is still a poor bet);
 - trending (here): posts created in the last ``serve.trending_window_hours`` before the snapshot, the
   most positively engaged first. It needs no history, so a user we know nothing about still gets a feed;
 - followed (here): the newest posts, from the last ``serve.followed_window_hours``, of the accounts the
@@ -51,6 +53,7 @@ class SourceSettings:
         enabled: source names, a subset of SOURCES.
         trending_window_hours: how far back before the snapshot a trending post may have been created.
         followed_window_hours: the same for the posts of followed accounts.
+        content_window_hours: the same for content-index results.
         hit_rates: source -> NUM_RANK_BUCKETS learned hit rates (non-increasing), or None for
             reciprocal-rank fusion.
     """
@@ -58,13 +61,18 @@ class SourceSettings:
     enabled: tuple[str, ...]
     trending_window_hours: float
     followed_window_hours: float
+    content_window_hours: float
     hit_rates: Mapping[str, tuple[float, ...]] | None
 
     def __post_init__(self) -> None:
         unknown = [name for name in self.enabled if name not in SOURCES]
         if unknown or not self.enabled:
             raise ValueError(f"candidate sources must be a non-empty subset of {list(SOURCES)}, got {list(self.enabled)}")
-        for name, hours in (("trending", self.trending_window_hours), ("followed", self.followed_window_hours)):
+        for name, hours in (
+            ("trending", self.trending_window_hours),
+            ("followed", self.followed_window_hours),
+            ("content", self.content_window_hours),
+        ):
             if not hours > 0:
                 raise ValueError(f"{name}_window_hours must be positive, got {hours}")
         if self.hit_rates is None:
@@ -89,6 +97,7 @@ class SourceSettings:
             enabled=tuple(config.candidate_sources),
             trending_window_hours=config.trending_window_hours,
             followed_window_hours=config.followed_window_hours,
+            content_window_hours=config.content_window_hours,
             hit_rates=None if rates is None else {name: tuple(values) for name, values in rates.items()},
         )
 
@@ -181,6 +190,12 @@ def top_unseen(ids: np.ndarray, scores: np.ndarray, seen: np.ndarray, k: int) ->
     head = slice(0, k + len(seen))
     keep = ~np.isin(ids[head], seen)
     return ids[head][keep][:k], np.asarray(scores[head][keep][:k], dtype=np.float32)
+
+
+def posts_older_than(posts: PostCatalog, window_hours: float) -> np.ndarray:
+    """Posts created before the window that ends at the snapshot: int64 (O,), to exclude from a search."""
+    start_us = posts.snapshot_us - int(window_hours * MICROS_PER_HOUR)
+    return posts.post_ids[posts.created_at_us <= start_us]
 
 
 def trending_posts(posts: PostCatalog, window_hours: float) -> tuple[np.ndarray, np.ndarray]:

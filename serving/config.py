@@ -91,6 +91,9 @@ class ServeConfig(BaseModel):
     followed_window_hours: PositiveFloat = Field(
         48.0, description="Followed: followed accounts' posts created this long before the snapshot."
     )
+    content_window_hours: PositiveFloat = Field(
+        48.0, description="Content: only posts created this long before the snapshot (the recent posts)."
+    )
     fusion_hit_rates: dict[SourceName, list[float]] | None = Field(
         None,
         description="Per source, 12 hit rates by log2 rank bucket, learned on a validation period by "

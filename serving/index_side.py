@@ -20,7 +20,14 @@ from serving.arrays import (
     read_user_lists,
     read_vector_table,
 )
-from serving.candidates import SourceSettings, followed_posts, fuse, top_unseen, trending_posts
+from serving.candidates import (
+    SourceSettings,
+    followed_posts,
+    fuse,
+    posts_older_than,
+    top_unseen,
+    trending_posts,
+)
 from serving.config import ServeConfig
 from serving.errors import BundleLoadError, RequestError, not_found, unprocessable
 from serving.lineage import indexed_embeddings, open_artifact, require_same
@@ -56,7 +63,10 @@ class IndexBundle:
             return {}
         k = min(max(queries[i].k for i in picked), self.content.num_vectors, self.max_k)
         seen = [self.lists.seen.get(int(users[i])) for i in picked]
-        ids, scores = self.content.search(self.interest.vectors[rows[picked]], k, exclude_per_query=seen)
+        old = posts_older_than(self.posts, self.sources.content_window_hours)
+        ids, scores = self.content.search(
+            self.interest.vectors[rows[picked]], k, exclude_ids=old, exclude_per_query=seen
+        )
         out = {}
         for row, i in enumerate(picked):
             keep = ids[row, : queries[i].k] >= 0

@@ -13,6 +13,7 @@ from serving.candidates import (
     followed_posts,
     fuse,
     gather,
+    posts_older_than,
     rank_buckets,
     rank_weights,
     top_unseen,
@@ -49,6 +50,11 @@ CATALOG = _catalog(
         (6, 300, -1.0, 900.0),  # created after the snapshot: never a candidate
     ]
 )
+
+
+def test_posts_older_than_the_window_are_the_ones_to_exclude():
+    assert sorted(posts_older_than(CATALOG, window_hours=24).tolist()) == [2, 4]
+    assert posts_older_than(CATALOG, window_hours=100).tolist() == []
 
 
 def test_trending_is_the_windows_most_engaged_posts_then_the_newest():
@@ -140,10 +146,12 @@ def test_source_settings_come_from_config_and_refuse_bad_values():
     with pytest.raises(ValueError, match="popular"):
         ServeConfig(candidate_sources=("content", "popular"))
     with pytest.raises(ValueError, match=r"no rates for enabled source\(s\) \['trending'\]"):
-        SourceSettings(("content", "trending"), 48.0, 48.0, rates)
+        SourceSettings(("content", "trending"), 48.0, 48.0, 48.0, rates)
     with pytest.raises(ValueError, match=r"fusion_hit_rates\['content'\] must hold 12"):
-        SourceSettings(("content",), 48.0, 48.0, {"content": (0.1, 0.2)})
+        SourceSettings(("content",), 48.0, 48.0, 48.0, {"content": (0.1, 0.2)})
     with pytest.raises(ValueError, match="non-empty subset"):
-        SourceSettings((), 48.0, 48.0, None)
+        SourceSettings((), 48.0, 48.0, 48.0, None)
     with pytest.raises(ValueError, match="trending_window_hours must be positive, got 0"):
-        SourceSettings(("trending",), 0.0, 48.0, None)
+        SourceSettings(("trending",), 0.0, 48.0, 48.0, None)
+    with pytest.raises(ValueError, match="content_window_hours must be positive, got -1"):
+        SourceSettings(("content",), 48.0, 48.0, -1.0, None)

@@ -198,11 +198,16 @@ def test_content_only_candidates_are_the_index_neighbours_of_the_interest_vector
     assert {c["source"] for c in result} == {"content"}
     scores = [c["score"] for c in result]
     assert scores == sorted(scores, reverse=True)
-    # Exact check against numpy: cosine of the interest vector with every unseen post.
+    # Exact check against numpy: cosine of the interest vector with every unseen post of the content window.
     vectors = index.post_vectors.vectors / np.linalg.norm(index.post_vectors.vectors, axis=1, keepdims=True)
     query = index.interest.get(user) / np.linalg.norm(index.interest.get(user))
     sims = vectors @ query
     sims[np.isin(index.post_vectors.ids, index.lists.seen.get(user))] = -np.inf
+    posts = index.posts
+    created = posts.created_at_us[np.searchsorted(posts.post_ids, index.post_vectors.ids)]
+    old = created <= posts.snapshot_us - index.sources.content_window_hours * 3_600_000_000
+    assert 0 < old.sum() < len(old)  # the window leaves some posts out and keeps others
+    sims[old] = -np.inf
     expected = index.post_vectors.ids[np.argsort(-sims)[:5]]
     assert [c["post_id"] for c in result] == expected.tolist()
 
