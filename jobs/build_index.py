@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from jobs.cli import positive_int
 from jobs.config import NearlineConfig
 from retrieval.config import IndexConfig
 from retrieval.evaluation import plot_recall_qps, sweep_index
@@ -41,8 +42,9 @@ ID_COLUMNS = {"content": "post_id", "user": "user_id"}
 VECTOR_COLUMN = "vector"
 
 
-class GateFailed(ValueError):
-    """The built index did not pass the validation gate; it was kept unpublished."""
+class GateFailed(RuntimeError):
+    """An index version did not pass the validation gate: it was kept unpublished, or publishing it was
+    refused. A RuntimeError, not a ValueError: the job ran and said no, so `nearline` exits 1, not 2."""
 
 
 def _index_config(config: NearlineConfig, name: str) -> IndexConfig:
@@ -152,7 +154,7 @@ def publish(config: NearlineConfig, name: str, version: str | None, force: bool 
     version = store.resolve("indexes", name, version or "latest")
     gate = store.manifest("indexes", name, version).get("gate", {})
     if not gate.get("passed") and not force:
-        raise ValueError(
+        raise GateFailed(
             f"indexes/{name} {version} did not pass its validation gate ({gate.get('reason', 'no gate report')}); "
             "use --force to publish it anyway"
         )
@@ -263,32 +265,32 @@ def _handle_eval(args: argparse.Namespace, config: NearlineConfig) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("index", help="build, validate, publish and evaluate FAISS indexes")
+    parser = subparsers.add_parser("index")
     commands = parser.add_subparsers(dest="index_command", metavar="ACTION", required=True)
 
     build = commands.add_parser("build", help="build an index from embeddings, gate it, publish if it passes")
-    build.add_argument("name", help="content or user")
+    build.add_argument("name", choices=sorted(ID_COLUMNS))
     build.add_argument("--embedding-version", help="embeddings version (default: CURRENT, else the latest)")
     build.add_argument("--no-publish", action="store_true", help="stage only, even if the gate passes")
     build.set_defaults(handler=_handle_build)
 
     pub = commands.add_parser("publish", help="make a version the serving one (default: the latest)")
-    pub.add_argument("name")
+    pub.add_argument("name", choices=sorted(ID_COLUMNS))
     pub.add_argument("--version")
     pub.add_argument("--force", action="store_true", help="publish even if the version failed its gate")
     pub.set_defaults(handler=_handle_publish)
 
     back = commands.add_parser("rollback", help="switch back to the previously published version")
-    back.add_argument("name")
+    back.add_argument("name", choices=sorted(ID_COLUMNS))
     back.set_defaults(handler=_handle_rollback)
 
     show = commands.add_parser("list", help="versions with counts, recall and gate outcome (* = CURRENT)")
-    show.add_argument("name")
+    show.add_argument("name", choices=sorted(ID_COLUMNS))
     show.set_defaults(handler=_handle_list)
 
     ev = commands.add_parser("eval", help="recall@10/@100 and QPS across search parameters; JSON + PNG")
-    ev.add_argument("name")
+    ev.add_argument("name", choices=sorted(ID_COLUMNS))
     ev.add_argument("--version", help="index version (default: CURRENT, else the latest)")
     ev.add_argument("--out", default="reports", help="directory for index_<name>_eval.json/.png")
-    ev.add_argument("--queries", type=int, default=1000, help="query vectors sampled from the embeddings")
+    ev.add_argument("--queries", type=positive_int, default=1000, help="query vectors sampled from the embeddings")
     ev.set_defaults(handler=_handle_eval)

@@ -444,5 +444,5 @@ def _handle(args: argparse.Namespace, config: NearlineConfig) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("features", help="build point-in-time ranking rows (Spark)")
+    parser = subparsers.add_parser("features")
     parser.set_defaults(handler=_handle)

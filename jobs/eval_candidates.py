@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from jobs import eval_recommend
+from jobs.cli import positive_int
 from jobs.config import NearlineConfig
 from jobs.eval_recommend import (
     BASELINES,
@@ -103,12 +104,12 @@ def _handle(args: argparse.Namespace, config: NearlineConfig) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("eval", help="offline evaluation")
+    parser = subparsers.add_parser("eval")
     kinds = parser.add_subparsers(dest="eval_kind", metavar="KIND", required=True)
     candidates = kinds.add_parser("candidates", help="recall@K of candidate sources on a later snapshot")
     candidates.add_argument("--ks", "--k", default=",".join(map(str, DEFAULT_KS)), help="comma list of cut-offs")
     candidates.add_argument("--holdout-data", required=True, help="a later snapshot of the dataset")
-    candidates.add_argument("--max-users", type=int, default=2000)
+    candidates.add_argument("--max-users", type=positive_int, default=2000)
     candidates.add_argument("--period-hours", type=float, help="evaluate this long after the snapshot (default: all)")
     candidates.add_argument("--fusion", help="a `eval recommend --fit-fusion` file (replaces serve.fusion_hit_rates)")
     candidates.add_argument("--name", default="dataset", help="label stored in the report")

@@ -47,6 +47,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
+from jobs.cli import positive_int
 from jobs.config import NearlineConfig
 from serving.api import CandidateQuery
 from serving.candidates import NUM_RANK_BUCKETS, rank_buckets, top_unseen
@@ -515,8 +516,8 @@ def add_commands(kinds: argparse._SubParsersAction) -> None:
     recommend = kinds.add_parser("recommend", help="recommend (candidates -> rank -> top k) vs baselines on a later period")
     recommend.add_argument("--holdout-data", required=True, help="a later snapshot of the dataset")
     recommend.add_argument("--ks", default=",".join(map(str, DEFAULT_KS)), help="comma list of cut-offs")
-    recommend.add_argument("--num-candidates", type=int, default=500, help="candidates ranked per user")
-    recommend.add_argument("--max-users", type=int, default=2000)
+    recommend.add_argument("--num-candidates", type=positive_int, default=500, help="candidates ranked per user")
+    recommend.add_argument("--max-users", type=positive_int, default=2000)
     recommend.add_argument("--period-hours", type=float, help="evaluate this long after the snapshot (default: all)")
     recommend.add_argument("--fusion", help="a --fit-fusion file whose hit rates replace serve.fusion_hit_rates")
     recommend.add_argument("--fit-fusion", metavar="FILE", help="also write this period's per-source hit rates")

@@ -8,7 +8,7 @@ from jobs import export_content_embeddings, export_serving_tables, export_user_e
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("export", help="compute and store embeddings in batch (Spark)")
+    parser = subparsers.add_parser("export")
     kinds = parser.add_subparsers(dest="kind", metavar="KIND", required=True)
     export_content_embeddings.register_export(kinds)
     export_user_embeddings.register_export(kinds)

@@ -30,6 +30,7 @@ from jobs.build_ranking_features import (
     user_author_features,
     user_features,
 )
+from jobs.cli import positive_int
 from jobs.config import NearlineConfig
 from jobs.io import write_parquet_deterministic
 from jobs.spark import build_spark_session
@@ -188,6 +189,6 @@ def register_export(kinds: argparse._SubParsersAction) -> None:
         parser.add_argument(
             "--as-of-us", type=int, default=None, help="feature time, µs (default: after last event)"
         )
-        parser.add_argument("--recent-days", type=int, default=28, help="user-author: window of recent pairs")
+        parser.add_argument("--recent-days", type=positive_int, default=28, help="user-author: window of recent pairs")
         parser.add_argument("--no-publish", action="store_true", help="stage without making it CURRENT")
         parser.set_defaults(handler=_handle, kind=kind)

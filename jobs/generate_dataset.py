@@ -94,5 +94,5 @@ def _handle(args: argparse.Namespace, config: NearlineConfig) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("generate", help="write the seeded synthetic dataset (Spark)")
+    parser = subparsers.add_parser("generate")
     parser.set_defaults(handler=_handle)

@@ -8,7 +8,7 @@ from jobs import import_tweeteval, import_twitter1516
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("import", help="convert a public dataset into the data contract (Spark)")
+    parser = subparsers.add_parser("import")
     formats = parser.add_subparsers(dest="format", metavar="FORMAT", required=True)
     tweeteval = formats.add_parser("tweeteval", help="TweetEval emoji text/label files")
     tweeteval.add_argument("directory")

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from jobs.cli import positive_int
 from jobs.config import NearlineConfig
 from storage.store import Store, config_hash, new_version
 
@@ -310,9 +311,9 @@ def _handle_runs(args: argparse.Namespace, config: NearlineConfig) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    refresh = subparsers.add_parser("refresh", help="rebuild and publish every artifact once (validated)")
+    refresh = subparsers.add_parser("refresh")
     refresh.set_defaults(handler=_handle_refresh)
-    runs = subparsers.add_parser("runs", help="list recent refresh/job runs")
-    runs.add_argument("--limit", type=int, default=20)
+    runs = subparsers.add_parser("runs")
+    runs.add_argument("--limit", type=positive_int, default=20, help="newest first (default 20)")
     runs.set_defaults(handler=_handle_runs)
 

@@ -25,6 +25,7 @@ from typing import Any
 from croniter import croniter
 from filelock import FileLock, Timeout
 
+from jobs.cli import positive_int
 from jobs.config import NearlineConfig, RefreshConfig
 
 
@@ -142,6 +143,6 @@ def _handle(args: argparse.Namespace, config: NearlineConfig) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("schedule", help="run refresh on the configured cron schedule")
-    parser.add_argument("--max-runs", type=int, default=None, help="stop after this many scheduled runs")
+    parser = subparsers.add_parser("schedule")
+    parser.add_argument("--max-runs", type=positive_int, default=None, help="stop after this many scheduled runs")
     parser.set_defaults(handler=_handle)

@@ -19,6 +19,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from jobs.cli import positive_int
 from jobs.config import NearlineConfig, load_config
 
 
@@ -45,45 +46,40 @@ def build_app(args: dict[str, Any]):
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    serve_parser = subparsers.add_parser(
-        "serve", help="run the Ray Serve app on a local Ray until Ctrl-C / SIGTERM"
-    )
+    serve_parser = subparsers.add_parser("serve")
     serve_parser.add_argument("--host", help="bind address (default: serve.host, loopback)")
     serve_parser.add_argument("--port", type=int, help="HTTP port (default: serve.port)")
-    serve_parser.add_argument("--num-cpus", type=int, help="CPUs for the local Ray (default: all)")
+    serve_parser.add_argument("--num-cpus", type=positive_int, help="CPUs for the local Ray (default: all)")
     serve_parser.add_argument("--ready-file", help="write {url, versions} JSON here once the app answers")
     serve_parser.add_argument(
         "--max-runtime-s", type=float, help="stop by itself after this many seconds (demos, smoke tests)"
     )
     serve_parser.set_defaults(handler=run_serve)
 
-    query = subparsers.add_parser("query", help="call the serving app over HTTP and print the JSON answer")
+    query = subparsers.add_parser("query")
     query.add_argument("--url", help="app base URL (default: http://serve.host:serve.port)")
     kinds = query.add_subparsers(dest="query_kind", metavar="KIND", required=True)
     candidates = kinds.add_parser("candidates", help="candidate posts for a user")
-    candidates.add_argument("user_id")
-    candidates.add_argument("--k")
+    candidates.add_argument("user_id", type=int)
+    candidates.add_argument("--k", type=positive_int)
     candidates.add_argument("--sources", help="content, collaborative or both")
     recommend = kinds.add_parser("recommend", help="candidates -> rank -> top k for a user")
-    recommend.add_argument("user_id")
-    recommend.add_argument("--k")
-    recommend.add_argument("--candidates")
+    recommend.add_argument("user_id", type=int)
+    recommend.add_argument("--k", type=positive_int)
+    recommend.add_argument("--candidates", type=positive_int)
     rank = kinds.add_parser("rank", help="calibrated scores of posts for a user")
-    rank.add_argument("user_id")
-    rank.add_argument("post_ids", nargs="*")
+    rank.add_argument("user_id", type=int)
+    rank.add_argument("post_ids", type=int, nargs="*")
     neighbors = kinds.add_parser("neighbors", help="posts similar to a post or a vector")
     group = neighbors.add_mutually_exclusive_group(required=True)
-    group.add_argument("--post-id")
+    group.add_argument("--post-id", type=int)
     group.add_argument("--vector", help="comma-separated floats")
-    neighbors.add_argument("--k")
+    neighbors.add_argument("--k", type=positive_int)
     kinds.add_parser("versions", help="index, embedding and model versions being served")
     kinds.add_parser("health", help="GET /healthz")
     query.set_defaults(handler=run_query)
 
-    rollback = subparsers.add_parser(
-        "rollback",
-        help="return serving to the previously published coherent versions (serving follows by poll)",
-    )
+    rollback = subparsers.add_parser("rollback")
     rollback.add_argument("--side", choices=("content", "user", "both"), default="both")
     rollback.set_defaults(handler=run_rollback)
 
@@ -151,24 +147,16 @@ def run_query(args: argparse.Namespace, config: NearlineConfig) -> int:
         params = {k: v for k, v in (("k", args.k), ("candidates", args.candidates)) if v is not None}
         return _http(config, args.url, "GET", f"/v1/recommend/{args.user_id}", params=params)
     if kind == "rank":
-        try:
-            rank_body = {"user_id": int(args.user_id), "post_ids": [int(p) for p in args.post_ids]}
-        except ValueError:
-            raise ValueError(
-                f"rank takes integer ids, got user {args.user_id!r} posts {args.post_ids}"
-            ) from None
-        return _http(config, args.url, "POST", "/v1/rank", json=rank_body)
+        return _http(config, args.url, "POST", "/v1/rank", json={"user_id": args.user_id, "post_ids": args.post_ids})
     if kind == "neighbors":
         body: dict[str, Any] = {} if args.k is None else {"k": args.k}
-        try:
-            if args.post_id is not None:
-                body["post_id"] = int(args.post_id)
-            else:
+        if args.post_id is not None:
+            body["post_id"] = args.post_id
+        else:
+            try:
                 body["vector"] = [float(x) for x in args.vector.split(",") if x.strip()]
-        except ValueError:
-            raise ValueError(
-                f"--post-id must be an integer and --vector comma-separated floats, got {args}"
-            ) from None
+            except ValueError:
+                raise ValueError(f"--vector takes comma-separated floats, got {args.vector!r}") from None
         return _http(config, args.url, "POST", "/v1/neighbors", json=body)
     if kind == "versions":
         return _http(config, args.url, "GET", "/v1/versions")

@@ -103,7 +103,7 @@ def _handle(args: argparse.Namespace, config: NearlineConfig) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("submit", help="print (or --run) the spark-submit command for a job")
+    parser = subparsers.add_parser("submit")
     parser.add_argument("--run", action="store_true", help="execute the command instead of printing it only")
     parser.add_argument("--deploy-mode", choices=["client", "cluster"], default="client")
     parser.add_argument("--build-dir", default="build", help="where the code zip is written")

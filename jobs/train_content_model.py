@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from jobs.cli import positive_int
 from jobs.config import NearlineConfig
 
 TWEETEVAL_SPLITS = ("train", "val", "test")
@@ -277,7 +278,7 @@ def _handle_finetune(args: argparse.Namespace, config: NearlineConfig) -> int:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Adds `content train|eval|probe|finetune`."""
-    parser = subparsers.add_parser("content", help="the DeepMoji-style content model")
+    parser = subparsers.add_parser("content")
     actions = parser.add_subparsers(dest="content_command", metavar="ACTION", required=True)
 
     train = actions.add_parser("train", help="train from emoji labels of the posts, or from TweetEval")
@@ -289,7 +290,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     evaluate = actions.add_parser("eval", help="macro-F1 / accuracy / top-5 on a TweetEval split")
     evaluate.add_argument("--model", required=True, help="model directory or models/content version")
     evaluate.add_argument("--tweeteval", metavar="DIR", required=True)
-    evaluate.add_argument("--split", default="test", help="split name: reads {split}_text.txt/{split}_labels.txt")
+    evaluate.add_argument("--split", default="test", choices=("train", "val", "test"),
+                          help="TweetEval split: reads {split}_text.txt/{split}_labels.txt")
     evaluate.set_defaults(handler=_handle_eval)
 
     probe = actions.add_parser("probe", help="logistic regression on frozen content embeddings")
@@ -301,6 +303,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     finetune.add_argument("--model", required=True, help="model directory or models/content version")
     finetune.add_argument("--jsonl", required=True, help="rows {id, split, text, label}")
     finetune.add_argument("--out", required=True, help="directory for the fine-tuned model")
-    finetune.add_argument("--max-epochs-per-stage", type=int, default=10,
+    finetune.add_argument("--max-epochs-per-stage", type=positive_int, default=10,
                           help="each chain-thaw stage stops early on val accuracy (patience 2)")
     finetune.set_defaults(handler=_handle_finetune)

@@ -264,7 +264,7 @@ def _handle(args: argparse.Namespace, config: NearlineConfig) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("ranker", help="train the split-network ranker")
+    parser = subparsers.add_parser("ranker")
     actions = parser.add_subparsers(dest="ranker_command", metavar="ACTION", required=True)
     train = actions.add_parser(
         "train", help="read features (Spark), fit discretizer, train, calibrate, publish models/ranker"

@@ -19,6 +19,7 @@ from collections.abc import Callable, Mapping
 
 import torch
 
+from jobs.cli import positive_int
 from jobs.config import NearlineConfig
 from ranking.config import RankerConfig
 from ranking.distributed import finish_training, train_worker
@@ -69,10 +70,8 @@ def _handle(args: argparse.Namespace, config: NearlineConfig) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "ranker-distributed", help="`ranker train` with data-parallel training under TorchDistributor"
-    )
-    parser.add_argument("--num-workers", type=int, default=2, help="training processes (default 2)")
+    parser = subparsers.add_parser("ranker-distributed")
+    parser.add_argument("--num-workers", type=positive_int, default=2, help="training processes (default 2)")
     parser.add_argument("--local-mode", action="store_true",
                         help="run the workers on the driver (torchrun) instead of as Spark barrier tasks")
     parser.add_argument("--warm-start-from", default=None, metavar="latest|VERSION|none",

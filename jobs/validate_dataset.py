@@ -21,6 +21,6 @@ def _handle(args: argparse.Namespace, config: NearlineConfig) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("validate", help="check a dataset against the data contract")
+    parser = subparsers.add_parser("validate")
     parser.add_argument("--path", help="dataset directory (default: data.path from the config)")
     parser.set_defaults(handler=_handle)

@@ -73,7 +73,7 @@ def test_failing_gate_keeps_the_version_unpublished(config) -> None:
     assert failed != serving and not store.manifest("indexes", "content", failed)["gate"]["passed"]
     record = store.runs()[-1]
     assert record["outcome"] == "gate_failed" and "count_ratio" in record["reason"]
-    with pytest.raises(ValueError, match="did not pass its validation gate"):
+    with pytest.raises(GateFailed, match="did not pass its validation gate"):
         publish(config, "content", failed)
     assert publish(config, "content", failed, force=True) == failed
 
