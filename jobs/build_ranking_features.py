@@ -27,6 +27,7 @@ from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
 from jobs.config import NearlineConfig
+from jobs.contract import POSITIVE_EVENTS
 from jobs.io import write_parquet_deterministic
 from jobs.spark import build_spark_session
 from storage.store import Store
@@ -34,7 +35,6 @@ from storage.store import Store
 WINDOWS_DAYS = (1, 7, 28)
 MICROS_PER_DAY = 86_400_000_000
 MICROS_PER_HOUR = 3_600_000_000
-ENGAGEMENT_EVENTS = ("like", "reply", "repost")
 TASK_COLUMNS = ("engage", "like", "reply", "repost")
 SPLITS = ("train", "validation", "test")
 CONTENT_VECTOR_COLUMN = "post_content_vector"
@@ -60,19 +60,19 @@ def label_impressions(engagements: DataFrame) -> DataFrame:
     """
     impressions = engagements.where(F.col("event") == "impression").select("user_id", "post_id", "ts_us")
     last_event = (
-        engagements.where(F.col("event").isin(*ENGAGEMENT_EVENTS))
+        engagements.where(F.col("event").isin(*POSITIVE_EVENTS))
         .groupBy("user_id", "post_id")
         .agg(
-            *[F.max(F.when(F.col("event") == e, F.col("ts_us"))).alias(f"_{e}_ts") for e in ENGAGEMENT_EVENTS]
+            *[F.max(F.when(F.col("event") == e, F.col("ts_us"))).alias(f"_{e}_ts") for e in POSITIVE_EVENTS]
         )
     )
     rows = impressions.join(last_event, on=["user_id", "post_id"], how="left")
     labels = [
         F.coalesce((F.col(f"_{e}_ts") >= F.col("ts_us")).cast("int"), F.lit(0)).alias(e)
-        for e in ENGAGEMENT_EVENTS
+        for e in POSITIVE_EVENTS
     ]
     rows = rows.select("user_id", "post_id", "ts_us", *labels)
-    return rows.withColumn("engage", F.greatest(*[F.col(e) for e in ENGAGEMENT_EVENTS])).select(
+    return rows.withColumn("engage", F.greatest(*[F.col(e) for e in POSITIVE_EVENTS])).select(
         "user_id", "post_id", "ts_us", *TASK_COLUMNS
     )
 
@@ -96,7 +96,7 @@ def derive_impressions(
         (user_id, post_id, event="impression", ts_us) rows, one per (user, post).
     """
     positives = (
-        engagements.where(F.col("event").isin(*ENGAGEMENT_EVENTS))
+        engagements.where(F.col("event").isin(*POSITIVE_EVENTS))
         .groupBy("user_id", "post_id")
         .agg((F.min("ts_us") - 1).alias("ts_us"))
     )
@@ -170,8 +170,8 @@ def _event_indicators(engagements: DataFrame) -> DataFrame:
     return engagements.select(
         "*",
         (F.col("event") == "impression").cast("int").alias("_imp"),
-        F.col("event").isin(*ENGAGEMENT_EVENTS).cast("int").alias("_eng"),
-        *[(F.col("event") == e).cast("int").alias(f"_{e}") for e in ENGAGEMENT_EVENTS],
+        F.col("event").isin(*POSITIVE_EVENTS).cast("int").alias("_eng"),
+        *[(F.col("event") == e).cast("int").alias(f"_{e}") for e in POSITIVE_EVENTS],
     )
 
 

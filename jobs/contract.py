@@ -19,7 +19,10 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
 TABLES = ("users", "follows", "posts", "engagements")
-EVENTS = ("impression", "like", "reply", "repost")
+# The events that say a user wanted a post (an impression alone does not): the ranker's task labels,
+# pooled user interests, serving's recent lists and the held-out truth of the evaluations all use this set.
+POSITIVE_EVENTS = ("like", "reply", "repost")
+EVENTS = ("impression", *POSITIVE_EVENTS)
 
 # Column -> Spark DDL type. The single source for generators, adapters and the validator.
 TABLE_COLUMNS: dict[str, dict[str, str]] = {

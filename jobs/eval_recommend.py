@@ -49,6 +49,7 @@ import pyarrow.parquet as pq
 
 from jobs.cli import positive_int
 from jobs.config import NearlineConfig
+from jobs.contract import POSITIVE_EVENTS
 from serving.api import CandidateQuery
 from serving.candidates import NUM_RANK_BUCKETS, rank_buckets, top_unseen
 from serving.errors import RequestError
@@ -58,7 +59,6 @@ from serving.ranker_side import load_ranker_bundle
 from serving.recommend import rank_candidates
 from storage.store import Store
 
-POSITIVE_EVENTS = ("like", "reply", "repost")
 DEFAULT_KS = (50, 100, 500)
 BASELINES = ("popularity", "random")
 MICROS_PER_HOUR = 3_600_000_000

@@ -37,15 +37,15 @@ from pyspark.sql.window import Window
 
 from embeddings.config import EmbeddingHealthConfig
 from jobs.config import NearlineConfig, UserInterestConfig
+from jobs.contract import POSITIVE_EVENTS
 from jobs.io import write_parquet_deterministic
 from jobs.spark import build_spark_session
 from storage.store import Store, config_hash
 
-ENGAGEMENT_EVENTS = ("like", "reply", "repost")
 
-
-class EmbeddingHealthFailed(ValueError):
-    """Exported embeddings failed the health gate; the version was kept unpublished."""
+class EmbeddingHealthFailed(RuntimeError):
+    """Exported embeddings failed the health gate; the version was kept unpublished. A RuntimeError, as
+    the job ran and its gate said no: `nearline` exits 1 (a usage or config error exits 2)."""
 
 
 @functools.lru_cache(maxsize=2)
@@ -76,7 +76,7 @@ def pool_user_interests(engagements: DataFrame, content: DataFrame, config: User
     The weight of an engagement halves every half_life_days before the newest event
     in the data; engagements older than window_days are ignored.
     """
-    positives = engagements.where(F.col("event").isin(*ENGAGEMENT_EVENTS)).select("user_id", "post_id", "ts")
+    positives = engagements.where(F.col("event").isin(*POSITIVE_EVENTS)).select("user_id", "post_id", "ts")
     newest = positives.agg(F.max("ts").alias("newest"))
     age_days = (F.unix_micros(F.col("newest")) - F.unix_micros(F.col("ts"))) / F.lit(86_400 * 1e6)
     recent = (

@@ -19,7 +19,7 @@ features the ranker was trained on rather than a second implementation of them.
 
 Lists are newest first, each id once (at its latest time), ties broken by id descending so that the
 output does not depend on Spark's task order: ``engaged`` holds posts with a positive event
-(``ENGAGEMENT_EVENTS``), at most ``serve.recent_posts_per_user``; ``seen`` holds posts with any
+(``jobs.contract.POSITIVE_EVENTS``), at most ``serve.recent_posts_per_user``; ``seen`` holds posts with any
 event, impressions included, at most ``serve.seen_posts_per_user``; ``followees`` holds accounts
 followed before the snapshot, most recently followed first, at most ``serve.followees_per_user``.
 A user without any history gets empty lists, not nulls.
@@ -34,8 +34,9 @@ import time
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
-from jobs.build_ranking_features import ENGAGEMENT_EVENTS, post_features, read_tables
+from jobs.build_ranking_features import post_features, read_tables
 from jobs.config import NearlineConfig
+from jobs.contract import POSITIVE_EVENTS
 from jobs.io import write_parquet_deterministic
 from jobs.refresh import input_fingerprint
 from jobs.spark import build_spark_session
@@ -133,7 +134,7 @@ def user_list_rows(tables: dict[str, DataFrame], snapshot_us: int, serve: ServeC
     )
     lists = {
         "engaged": newest_first(
-            engagements.where(F.col("event").isin(*ENGAGEMENT_EVENTS)),
+            engagements.where(F.col("event").isin(*POSITIVE_EVENTS)),
             "user_id", "post_id", serve.recent_posts_per_user, "engaged",
         ),
         "seen": newest_first(engagements, "user_id", "post_id", serve.seen_posts_per_user, "seen"),
@@ -215,7 +216,7 @@ def run_user_lists(
     tables = read_tables(spark, config.data.path)
     manifest = _lineage(config, tables, fingerprint)
     manifest["caps"] = list_caps(config.serve)
-    manifest["positive_events"] = list(ENGAGEMENT_EVENTS)
+    manifest["positive_events"] = list(POSITIVE_EVENTS)
     rows = user_list_rows(tables, manifest["snapshot_us"], config.serve).cache()
     try:
         return _stage(Store(config.store.root), "user_lists", manifest, rows, "user_id", rows.count(), publish)

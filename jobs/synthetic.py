@@ -82,7 +82,6 @@ NEGATIVE_EMOJIS = {"😭", "😩", "😢", "😡", "😤", "🙄", "💔", "😱
 COMMON_WORDS = "the a to and i you it is in my of for on this that with just so be me at all not".split()
 POSITIVE_WORDS = "love great happy amazing best awesome beautiful win excited perfect lol yay".split()
 NEGATIVE_WORDS = "hate sad worst angry tired miss sick awful hurt lost ugh never".split()
-EVENTS = ("like", "reply", "repost")
 _SYLLABLES = "ka lo mi nu te ra si po ve da zu ne fi go ha ju le mo ri sa ta bo".split()
 _TABLE_CODES = {"users": 1, "follows": 2, "posts": 3, "engagements": 4}
 _MICROS_PER_DAY = 86_400 * 1_000_000

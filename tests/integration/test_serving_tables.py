@@ -17,6 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from jobs.config import NearlineConfig, load_config
+from jobs.contract import POSITIVE_EVENTS
 from jobs.export_serving_tables import run_post_features, run_user_lists
 from jobs.refresh import input_fingerprint
 from storage.store import Store
@@ -26,7 +27,6 @@ pytestmark = pytest.mark.spark
 MICROS = 1_000_000
 BASE_US = int(dt.datetime(2026, 11, 1, tzinfo=dt.timezone.utc).timestamp()) * MICROS
 HOUR_US = 3_600 * MICROS
-POSITIVE = ("like", "reply", "repost")
 CAPS = {"engaged": 3, "seen": 5, "followees": 2}
 TS = pa.timestamp("us", tz="UTC")
 
@@ -153,7 +153,7 @@ def test_post_features_match_the_raw_tables(exported, dataset):
         assert row["post_likes_so_far"] == events.get("like", 0)
         assert row["post_replies_so_far"] == events.get("reply", 0)
         assert row["post_reposts_so_far"] == events.get("repost", 0)
-        assert row["post_engagements_so_far"] == sum(events.get(e, 0) for e in POSITIVE)
+        assert row["post_engagements_so_far"] == sum(events.get(e, 0) for e in POSITIVE_EVENTS)
         assert row["post_age_hours"] == pytest.approx((snapshot_us - post.created_at) / HOUR_US)
         assert row["author_follower_count"] == followers.get(post.author_id, 0)
         assert row["post_has_media"] == float(post.has_media)
@@ -180,7 +180,7 @@ def test_user_lists_are_capped_newest_first_and_deduplicated(exported, dataset):
     assert set(rows) == known and len(rows) == table.num_rows == result["row_counts"]["user_lists"]
     assert rows[40] == {"user_id": 40, "engaged": [], "seen": [], "followees": []}
 
-    positive = engagements[engagements["event"].isin(POSITIVE)]
+    positive = engagements[engagements["event"].isin(POSITIVE_EVENTS)]
     followed = follows[follows["created_at"] < snapshot_us].rename(columns={"created_at": "ts"})
     expected = {
         "engaged": _newest_first(positive, "user_id", "post_id", CAPS["engaged"]),

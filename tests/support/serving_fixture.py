@@ -20,6 +20,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from jobs.contract import POSITIVE_EVENTS
 from ranking.config import DiscretizerConfig, RankerConfig
 from ranking.discretizer import fit_discretizer
 from ranking.examples import encode_group
@@ -33,7 +34,6 @@ from serving.ranker_side import PostTable, post_table_from_artifact
 from storage.store import Store
 
 _START = dt.datetime(2026, 11, 1, tzinfo=dt.timezone.utc)
-POSITIVE_EVENTS = ("like", "reply", "repost")
 
 
 def _write(table: pa.Table, directory: Path) -> None:
