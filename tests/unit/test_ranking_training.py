@@ -94,6 +94,22 @@ def test_task_metrics_against_hand_computed_values():
     assert base["rce"] == pytest.approx(0.0, abs=1e-9)
 
 
+def test_sklearn_log_loss_agrees_with_the_hand_written_one():
+    # Before replacing ranking.training._log_loss with sklearn.metrics.log_loss: the same numbers on seeded
+    # predictions away from 0 and 1 (the two clip differently there: 1e-7 versus float64 eps).
+    from sklearn.metrics import log_loss
+
+    from ranking.training import _log_loss
+
+    rng = np.random.default_rng(7)
+    for n, rate in ((1000, 0.5), (1000, 0.03), (17, 0.3)):
+        y = (rng.random(n) < rate).astype(np.float64)
+        p = rng.uniform(0.001, 0.999, n)
+        assert log_loss(y, p, labels=[0, 1]) == pytest.approx(_log_loss(p, y), rel=1e-12)
+        base = np.full_like(y, y.mean())
+        assert log_loss(y, base, labels=[0, 1]) == pytest.approx(_log_loss(base, y), rel=1e-12)
+
+
 def test_save_load_round_trip(tmp_path):
     config = toy_config(training=TrainingConfig(epochs=1, batch_size=256))
     train, discretizer = toy_examples(config, 1000, seed=1)
