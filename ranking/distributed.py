@@ -1,4 +1,5 @@
-"""Data-parallel ranker training (torch DDP over gloo): the loop each worker process runs.
+"""Data-parallel ranker training (torch DDP over gloo): what each worker process runs around the epoch
+loop it shares with single-process training (``ranking.training.run_epochs``).
 
 No launcher and no Spark here: ``jobs/train_ranker_distributed.py`` starts ``train_worker`` in N
 processes with pyspark's TorchDistributor, which sets the torch.distributed environment
@@ -17,59 +18,34 @@ processes with pyspark's TorchDistributor, which sets the torch.distributed envi
 
 from __future__ import annotations
 
-import copy
-import math
-import time
 from collections.abc import Mapping
 from typing import Any
 
-import numpy as np
 import torch
-from torch import nn
 
-from ranking.calibration import fit_calibration
-from ranking.config import GROUP_NAMES, RankerConfig
+from ranking.config import RankerConfig
 from ranking.examples import RankingExamples
 from ranking.model import build_ranker
-from ranking.training import (
-    TrainResult,
-    epoch_record,
-    evaluate,
-    plot_curves,
-    predict_probabilities,
-    start_model,
-    task_metrics,
-)
+from ranking.training import Collective, Epochs, TrainResult, result_from_epochs, run_epochs, start_model
 from ranking.warm_start import WarmStartReport
 
 
-def worker_shares(num_rows: int, batch_size: int, world_size: int, rank: int, order: np.ndarray) -> list[np.ndarray]:
-    """This worker's row indices for each global batch of one epoch.
+class _ProcessGroup(Collective):
+    """The workers of an initialised torch.distributed process group."""
 
-    Args:
-        num_rows: training rows N.
-        batch_size: global batch size (rows per optimiser step over all workers).
-        world_size: number of workers.
-        rank: this worker, in [0, world_size).
-        order: int (N,) the epoch's permutation, identical on every worker.
+    def __init__(self) -> None:
+        import torch.distributed as dist
 
-    Returns:
-        One int array per optimiser step; every worker gets the same number of steps. A final batch
-        too small to give every worker a row is dropped (fewer than world_size rows).
-    """
-    shares = []
-    for start in range(0, num_rows, batch_size):
-        batch = order[start : start + batch_size]
-        if len(batch) < world_size:
-            break
-        shares.append(np.array_split(batch, world_size)[rank])
-    return shares
+        self._dist = dist
+        self.rank, self.world_size = dist.get_rank(), dist.get_world_size()
 
+    def sum_(self, tensor: torch.Tensor) -> None:
+        self._dist.all_reduce(tensor)
 
-def _tensors(examples: RankingExamples, index: np.ndarray) -> tuple[dict, dict]:
-    ids = {g: torch.from_numpy(examples.feature_ids[g][index]) for g in GROUP_NAMES}
-    dense = {g: torch.from_numpy(examples.dense[g][index]) for g in GROUP_NAMES}
-    return ids, dense
+    def from_rank0(self, flag: bool) -> bool:
+        value = torch.tensor([float(flag)])
+        self._dist.broadcast(value, src=0)
+        return bool(value.item())
 
 
 def train_worker(
@@ -95,51 +71,18 @@ def train_worker(
 
     dist.init_process_group("gloo")
     try:
-        rank, world_size = dist.get_rank(), dist.get_world_size()
-        tc = config.training
+        group = _ProcessGroup()
         model, report = start_model(config, parent_state)
-        ddp = DistributedDataParallel(model)
-        optimizer = torch.optim.Adam(ddp.parameters(), lr=tc.learning_rate, weight_decay=tc.weight_decay)
-        loss_fn = nn.BCEWithLogitsLoss()
-        rng = np.random.default_rng(tc.seed)
-        labels = torch.from_numpy(train.labels)
-        history: list[dict] = []
-        best_loss, best_epoch, best_state = math.inf, -1, copy.deepcopy(model.state_dict())
-        started, started_cpu = time.perf_counter(), time.process_time()
-        for epoch in range(tc.epochs):
-            ddp.train()
-            totals = torch.zeros(2, dtype=torch.float64)
-            for index in worker_shares(len(train), tc.batch_size, world_size, rank, rng.permutation(len(train))):
-                ids, dense = _tensors(train, index)
-                loss = loss_fn(ddp(ids, dense), labels[index])
-                optimizer.zero_grad()
-                loss.backward()
-                optimizer.step()
-                totals += torch.tensor([float(loss.detach()) * len(index), len(index)], dtype=torch.float64)
-            dist.all_reduce(totals)
-            stop = torch.zeros(1)
-            if rank == 0:
-                val_metrics = task_metrics(predict_probabilities(model, val), val.labels, config.tasks)
-                history.append(epoch_record(epoch, float(totals[0] / totals[1]), val_metrics))
-                print(f"epoch {epoch + 1} ({world_size} workers): train log loss {history[-1]['train_log_loss']:.4f}, "
-                      f"val log loss {val_metrics['log_loss']:.4f}", flush=True)
-                if val_metrics["log_loss"] < best_loss - 1e-6:
-                    best_loss, best_epoch, best_state = val_metrics["log_loss"], epoch + 1, copy.deepcopy(
-                        model.state_dict()
-                    )
-                elif epoch + 1 - best_epoch >= tc.early_stopping_patience_epochs:
-                    stop[0] = 1
-            dist.broadcast(stop, src=0)
-            if stop.item():
-                break
+        epochs = run_epochs(config, model, train, val, stepped=DistributedDataParallel(model), collective=group,
+                            progress=False)
         # CPU time of all workers together, comparable with a single process's train_cpu_s.
-        cpu_s = torch.tensor([time.process_time() - started_cpu], dtype=torch.float64)
-        dist.all_reduce(cpu_s)
-        if rank != 0:
+        cpu_s = torch.tensor([epochs.train_cpu_s], dtype=torch.float64)
+        group.sum_(cpu_s)
+        if group.rank != 0:
             return None
         return {
-            "state": best_state, "history": history, "best_epoch": best_epoch,
-            "train_time_s": time.perf_counter() - started, "train_cpu_s": float(cpu_s[0]), "world_size": world_size,
+            "state": epochs.best_state, "history": epochs.history, "best_epoch": epochs.best_epoch,
+            "train_time_s": epochs.train_time_s, "train_cpu_s": float(cpu_s[0]), "world_size": group.world_size,
             # A plain dict: the result crosses process boundaries; finish_training rebuilds the report.
             "warm_start_report": report.to_dict() if report is not None else None,
         }
@@ -158,22 +101,10 @@ def finish_training(
         val: validation examples (calibration is fitted on them, as in single-process training).
         curves_path: where to write the loss curves PNG.
     """
-    model = build_ranker(config)
-    model.load_state_dict(outcome["state"])
-    model.eval()
-    calibration = None
-    if config.calibration:
-        calibration = fit_calibration(predict_probabilities(model, val), val.labels, config.tasks)
-    metrics = {
-        "val": evaluate(model, val, config.tasks, calibration),
-        "best_epoch": outcome["best_epoch"],
-        "world_size": outcome["world_size"],
-    }
-    if curves_path:
-        plot_curves(outcome["history"], curves_path)
+    epochs = Epochs(outcome["history"], outcome["best_epoch"], outcome["state"], outcome["train_time_s"],
+                    outcome["train_cpu_s"])
     report = outcome["warm_start_report"]
-    return TrainResult(
-        model=model, history=outcome["history"], best_epoch=outcome["best_epoch"],
-        train_time_s=outcome["train_time_s"], train_cpu_s=outcome["train_cpu_s"], calibration=calibration,
-        warm_start_report=WarmStartReport(**report) if report is not None else None, metrics=metrics,
+    return result_from_epochs(
+        config, build_ranker(config), val, epochs, WarmStartReport(**report) if report is not None else None,
+        curves_path, world_size=outcome["world_size"],
     )

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from sklearn.metrics import roc_auc_score
+from sklearn.metrics import log_loss, roc_auc_score
 from torch import nn
 from tqdm import tqdm
 
@@ -37,12 +37,6 @@ WEIGHTS_FILE = "weights.pt"
 RANKER_FILE = "ranker.json"
 SPLIT_FILE = "split.json"
 EXPORTED_SPLITS = ("user", "user_author")
-_EPS = 1e-7
-
-
-def _log_loss(p: np.ndarray, y: np.ndarray) -> float:
-    p = np.clip(p, _EPS, 1 - _EPS)
-    return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
 
 
 def task_metrics(probabilities: np.ndarray, labels: np.ndarray, tasks: tuple[str, ...]) -> dict:
@@ -55,20 +49,22 @@ def task_metrics(probabilities: np.ndarray, labels: np.ndarray, tasks: tuple[str
 
     Returns:
         {"tasks": {task: {"log_loss", "auc", "rce", "positive_rate"}}, "log_loss", "auc", "rce"}
-        (AUC is None for a task with a single class in ``labels``; means skip None).
+        (AUC and RCE are None for a task with a single class in ``labels``; means skip None).
     """
-    per_task = {}
+    per_task: dict[str, dict[str, float | None]] = {}
     for t, task in enumerate(tasks):
         p, y = probabilities[:, t].astype(np.float64), labels[:, t].astype(np.float64)
         rate = float(y.mean())
-        loss = _log_loss(p, y)
-        base = _log_loss(np.full_like(y, rate), y)
-        auc = float(roc_auc_score(y, p)) if 0.0 < rate < 1.0 else None
-        rce = 100.0 * (1.0 - loss / base) if base > 0 else None
+        # labels=[0, 1]: a task whose labels are all one class still has a log loss.
+        loss = float(log_loss(y, p, labels=[0, 1]))
+        one_class = rate in (0.0, 1.0)
+        auc = None if one_class else float(roc_auc_score(y, p))
+        # With one class the base rate predicts it perfectly: a zero base loss, so no RCE.
+        rce = None if one_class else 100.0 * (1.0 - loss / float(log_loss(y, np.full_like(y, rate), labels=[0, 1])))
         per_task[task] = {"log_loss": loss, "auc": auc, "rce": rce, "positive_rate": rate}
 
     def mean(key: str) -> float | None:
-        values = [m[key] for m in per_task.values() if m[key] is not None]
+        values = [value for m in per_task.values() if (value := m[key]) is not None]
         return float(np.mean(values)) if values else None
 
     return {"tasks": per_task, "log_loss": mean("log_loss"), "auc": mean("auc"), "rce": mean("rce")}
@@ -167,6 +163,150 @@ def epoch_record(epoch: int, train_log_loss: float, val_metrics: Mapping[str, An
     }
 
 
+def worker_shares(num_rows: int, batch_size: int, world_size: int, rank: int, order: np.ndarray) -> list[np.ndarray]:
+    """This worker's row indices for each global batch of one epoch.
+
+    Args:
+        num_rows: training rows N.
+        batch_size: global batch size (rows per optimiser step over all workers).
+        world_size: number of workers (1: a single process takes whole batches).
+        rank: this worker, in [0, world_size).
+        order: int (N,) the epoch's permutation, identical on every worker.
+
+    Returns:
+        One int array per optimiser step; every worker gets the same number of steps. A final batch
+        too small to give every worker a row is dropped (fewer than world_size rows).
+    """
+    shares = []
+    for start in range(0, num_rows, batch_size):
+        batch = order[start : start + batch_size]
+        if len(batch) < world_size:
+            break
+        shares.append(np.array_split(batch, world_size)[rank])
+    return shares
+
+
+class Collective:
+    """How the workers of one training run agree. A single process has nothing to agree on;
+    ``ranking.distributed`` overrides both methods with torch.distributed collectives."""
+
+    rank = 0
+    world_size = 1
+
+    def sum_(self, tensor: torch.Tensor) -> None:
+        """Sum ``tensor`` in place over all workers."""
+
+    def from_rank0(self, flag: bool) -> bool:
+        """Rank 0's value of ``flag``, on every worker."""
+        return flag
+
+
+@dataclass
+class Epochs:
+    """What ``run_epochs`` hands back; history and best_state are rank 0's (empty elsewhere)."""
+
+    history: list[dict]
+    best_epoch: int
+    best_state: dict[str, torch.Tensor]
+    train_time_s: float
+    train_cpu_s: float
+
+
+def run_epochs(
+    config: RankerConfig,
+    model: nn.Module,
+    train: RankingExamples,
+    val: RankingExamples,
+    *,
+    stepped: nn.Module | None = None,
+    collective: Collective | None = None,
+    progress: bool = True,
+) -> Epochs:
+    """The epoch loop of single-process and data-parallel training: one seeded permutation per epoch cut
+    into global batches of ``training.batch_size`` rows (this worker takes its share of each), then rank 0
+    scores ``val``, keeps the best state and decides early stopping for everyone.
+
+    Args:
+        config: ranker config (training section: epochs, batch size, optimiser, patience, seed).
+        model: the model; its state is what is kept, rank 0 evaluates it.
+        train: all training examples; val: validation examples.
+        stepped: the module the optimiser steps through (a DistributedDataParallel wrapper of model);
+            default: model itself.
+        collective: how workers sum the train loss and share the stop decision (default: one process).
+        progress: a tqdm bar per epoch and one summary line per epoch.
+    """
+    tc = config.training
+    collective = collective or Collective()
+    stepped = stepped or model
+    optimizer = torch.optim.Adam(stepped.parameters(), lr=tc.learning_rate, weight_decay=tc.weight_decay)
+    loss_fn = nn.BCEWithLogitsLoss()
+    rng = np.random.default_rng(tc.seed)
+    labels = torch.from_numpy(train.labels)
+    history: list[dict] = []
+    best_loss, best_epoch, best_state = math.inf, -1, copy.deepcopy(model.state_dict())
+    started, started_cpu = time.perf_counter(), time.process_time()
+    for epoch in range(tc.epochs):
+        stepped.train()
+        shares = worker_shares(len(train), tc.batch_size, collective.world_size, collective.rank,
+                               rng.permutation(len(train)))
+        # (sum of loss x rows, rows) in float64, summed over workers: the epoch's mean train loss.
+        totals = torch.zeros(2, dtype=torch.float64)
+        for index in tqdm(
+            shares, desc=f"epoch {epoch + 1}/{tc.epochs}", disable=not progress, leave=False, mininterval=2.0
+        ):
+            ids, dense = _to_tensors(train, index)
+            loss = loss_fn(stepped(ids, dense), labels[index])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            totals += torch.tensor([float(loss.detach()) * len(index), len(index)], dtype=torch.float64)
+        collective.sum_(totals)
+        stop = False
+        if collective.rank == 0:
+            val_metrics = task_metrics(predict_probabilities(model, val), val.labels, config.tasks)
+            history.append(epoch_record(epoch, float(totals[0] / totals[1]), val_metrics))
+            if progress:
+                tqdm.write(
+                    f"epoch {epoch + 1} ({collective.world_size} worker(s)): train log loss "
+                    f"{history[-1]['train_log_loss']:.4f}, val log loss {val_metrics['log_loss']:.4f}, "
+                    f"AUC {val_metrics['auc'] or float('nan'):.4f}, RCE {val_metrics['rce'] or float('nan'):.2f}"
+                )
+            if val_metrics["log_loss"] < best_loss - 1e-6:
+                best_loss, best_epoch, best_state = val_metrics["log_loss"], epoch + 1, copy.deepcopy(
+                    model.state_dict()
+                )
+            else:
+                stop = epoch + 1 - best_epoch >= tc.early_stopping_patience_epochs
+        if collective.from_rank0(stop):
+            break
+    # CPU time of this process is the fairer cost on a shared machine, where wall time swings with load.
+    return Epochs(history, best_epoch, best_state, time.perf_counter() - started, time.process_time() - started_cpu)
+
+
+def result_from_epochs(
+    config: RankerConfig,
+    model: nn.Module,
+    val: RankingExamples,
+    epochs: Epochs,
+    report: WarmStartReport | None,
+    curves_path: str | None = None,
+    **extra_metrics: Any,
+) -> TrainResult:
+    """Load the best epoch's state into model, calibrate it on ``val`` and evaluate it: the TrainResult of
+    single-process and data-parallel training alike. ``extra_metrics`` join ``metrics``."""
+    model.load_state_dict(epochs.best_state)
+    model.eval()
+    calibration = None
+    if config.calibration:
+        calibration = fit_calibration(predict_probabilities(model, val), val.labels, config.tasks)
+    metrics = {"val": evaluate(model, val, config.tasks, calibration), "best_epoch": epochs.best_epoch,
+               **extra_metrics}
+    if curves_path:
+        plot_curves(epochs.history, curves_path)
+    return TrainResult(model, epochs.history, epochs.best_epoch, epochs.train_time_s, epochs.train_cpu_s,
+                       calibration, report, metrics)
+
+
 def train_ranker(
     config: RankerConfig,
     train: RankingExamples,
@@ -191,58 +331,9 @@ def train_ranker(
     """
     _check_examples(train, config, "training")
     _check_examples(val, config, "validation")
-    tc = config.training
     model, report = start_model(config, parent_state)
-    optimizer = torch.optim.Adam(model.parameters(), lr=tc.learning_rate, weight_decay=tc.weight_decay)
-    loss_fn = nn.BCEWithLogitsLoss()
-    rng = np.random.default_rng(tc.seed)
-    labels = torch.from_numpy(train.labels)
-    history: list[dict] = []
-    best_loss, best_epoch, best_state = math.inf, -1, copy.deepcopy(model.state_dict())
-    started, started_cpu = time.perf_counter(), time.process_time()
-    for epoch in range(tc.epochs):
-        model.train()
-        order = rng.permutation(len(train))
-        batches = range(0, len(order), tc.batch_size)
-        total, count = 0.0, 0
-        for start in tqdm(
-            batches, desc=f"epoch {epoch + 1}/{tc.epochs}", disable=not progress, leave=False, mininterval=2.0
-        ):
-            index = order[start : start + tc.batch_size]
-            ids, dense = _to_tensors(train, index)
-            loss = loss_fn(model(ids, dense), labels[index])
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            total += float(loss.detach()) * len(index)
-            count += len(index)
-        val_metrics = task_metrics(predict_probabilities(model, val), val.labels, config.tasks)
-        history.append(epoch_record(epoch, total / count, val_metrics))
-        if progress:
-            tqdm.write(
-                f"epoch {epoch + 1}: train log loss {total / count:.4f}, val log loss "
-                f"{val_metrics['log_loss']:.4f}, AUC {val_metrics['auc'] or float('nan'):.4f}, "
-                f"RCE {val_metrics['rce'] or float('nan'):.2f}"
-            )
-        if val_metrics["log_loss"] < best_loss - 1e-6:
-            best_loss, best_epoch, best_state = (
-                val_metrics["log_loss"],
-                epoch + 1,
-                copy.deepcopy(model.state_dict()),
-            )
-        elif epoch + 1 - best_epoch >= tc.early_stopping_patience_epochs:
-            break
-    # CPU time of this process is the fairer cost on a shared machine, where wall time swings with load.
-    train_time_s, train_cpu_s = time.perf_counter() - started, time.process_time() - started_cpu
-    model.load_state_dict(best_state)
-    model.eval()
-    calibration = None
-    if config.calibration:
-        calibration = fit_calibration(predict_probabilities(model, val), val.labels, config.tasks)
-    metrics = {"val": evaluate(model, val, config.tasks, calibration), "best_epoch": best_epoch}
-    if curves_path:
-        plot_curves(history, curves_path)
-    return TrainResult(model, history, best_epoch, train_time_s, train_cpu_s, calibration, report, metrics)
+    epochs = run_epochs(config, model, train, val, progress=progress)
+    return result_from_epochs(config, model, val, epochs, report, curves_path)
 
 
 def plot_curves(history: list[dict], path: str) -> None:

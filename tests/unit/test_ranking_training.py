@@ -94,20 +94,28 @@ def test_task_metrics_against_hand_computed_values():
     assert base["rce"] == pytest.approx(0.0, abs=1e-9)
 
 
-def test_sklearn_log_loss_agrees_with_the_hand_written_one():
-    # Before replacing ranking.training._log_loss with sklearn.metrics.log_loss: the same numbers on seeded
-    # predictions away from 0 and 1 (the two clip differently there: 1e-7 versus float64 eps).
+def test_log_loss_is_sklearns_and_matches_the_formula():
+    # ranking.training uses sklearn.metrics.log_loss (it replaced a hand-written twin that agreed to 1e-12
+    # on seeded predictions away from 0 and 1); here sklearn against the formula on a small seeded case.
     from sklearn.metrics import log_loss
 
-    from ranking.training import _log_loss
-
     rng = np.random.default_rng(7)
-    for n, rate in ((1000, 0.5), (1000, 0.03), (17, 0.3)):
-        y = (rng.random(n) < rate).astype(np.float64)
-        p = rng.uniform(0.001, 0.999, n)
-        assert log_loss(y, p, labels=[0, 1]) == pytest.approx(_log_loss(p, y), rel=1e-12)
-        base = np.full_like(y, y.mean())
-        assert log_loss(y, base, labels=[0, 1]) == pytest.approx(_log_loss(base, y), rel=1e-12)
+    y = (rng.random(17) < 0.3).astype(np.float64)
+    p = rng.uniform(0.001, 0.999, 17)
+    formula = -np.mean(y * np.log(p) + (1 - y) * np.log(1 - p))
+    assert log_loss(y, p, labels=[0, 1]) == pytest.approx(formula, rel=1e-12)
+    metrics = task_metrics(p[:, None], y[:, None], ("engage",))["tasks"]["engage"]
+    assert metrics["log_loss"] == pytest.approx(formula, rel=1e-12)
+
+
+def test_a_single_class_task_has_a_log_loss_but_no_auc_or_rce():
+    labels = np.array([[1.0, 0.0], [0.0, 0.0], [1.0, 0.0]])
+    p = np.array([[0.8, 0.1], [0.3, 0.2], [0.6, 0.1]])
+    metrics = task_metrics(p, labels, ("engage", "reply"))
+    reply = metrics["tasks"]["reply"]
+    assert reply["log_loss"] == pytest.approx(-np.mean(np.log([0.9, 0.8, 0.9])))
+    assert reply["auc"] is None and reply["rce"] is None
+    assert metrics["auc"] == metrics["tasks"]["engage"]["auc"] == pytest.approx(1.0)
 
 
 def test_save_load_round_trip(tmp_path):
