@@ -75,8 +75,20 @@ def test_missing_table_is_reported():
     assert "follows.*: missing table" in report.render()
 
 
-@pytest.mark.parametrize("table", ["users", "posts", "engagements", "follows"])
-def test_empty_tables_do_not_crash(table):
+@pytest.mark.parametrize(("table", "expected"), [
+    # An empty table is not itself a problem; what referenced its rows is, each reference counted once.
+    ("users", {("follows", "follower_id", "dangling reference to users.user_id", 2),
+               ("follows", "followee_id", "dangling reference to users.user_id", 2),
+               ("posts", "author_id", "dangling reference to users.user_id", 2),
+               ("engagements", "user_id", "dangling reference to users.user_id", 2)}),
+    ("posts", {("engagements", "post_id", "dangling reference to posts.post_id", 2)}),
+    ("engagements", set()),
+    ("follows", set()),
+])
+def test_empty_tables_are_counted_and_only_their_dangling_references_reported(table, expected):
     tables = _tables()
     tables[table] = tables[table].slice(0, 0)
-    validate_tables(tables)
+    report = validate_tables(tables)
+    assert report.row_counts == {name: 0 if name == table else tables[name].num_rows for name in tables}
+    assert {(p.table, p.column, p.check, p.count) for p in report.problems} == expected
+    assert report.ok == (not expected)

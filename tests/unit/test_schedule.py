@@ -2,7 +2,6 @@ import datetime as dt
 import subprocess
 import sys
 import threading
-import time
 
 import pytest
 
@@ -100,9 +99,32 @@ def test_missed_run_policy(tmp_path, policy, expected_runs):
     assert len(calls) == expected_runs
 
 
-def test_stop_event_ends_the_wait_promptly(tmp_path):
-    scheduler = Scheduler(_config(tmp_path, schedule="0 0 1 1 *"), lambda: {"outcome": "success"})
-    threading.Timer(0.2, scheduler.stop.set).start()
-    started = time.monotonic()
-    assert scheduler.loop() == []
-    assert time.monotonic() - started < 5
+class WatchedEvent(threading.Event):
+    """A stop event that says when the scheduler starts waiting on it, and how each wait ended."""
+
+    def __init__(self):
+        super().__init__()
+        self.waiting = threading.Event()
+        self.waits = []
+
+    def wait(self, timeout=None):
+        self.waiting.set()
+        woken = super().wait(timeout)
+        self.waits.append((timeout, woken))
+        return woken
+
+
+def test_stop_event_ends_the_wait(tmp_path):
+    stop = WatchedEvent()
+    scheduler = Scheduler(_config(tmp_path, schedule="0 0 1 1 *"), lambda: {"outcome": "success"}, stop=stop)
+    outcomes = []
+    loop = threading.Thread(target=lambda: outcomes.append(scheduler.loop()))
+    loop.start()
+    # The timeouts here are only safety nets for a broken scheduler; nothing is timed.
+    assert stop.waiting.wait(timeout=60), "the scheduler never waited for its next slot"
+    stop.set()
+    loop.join(timeout=60)
+    assert not loop.is_alive() and outcomes == [[]]
+    # One wait, for the next 1 January, and the event ended it (Event.wait is True only when set), not its timeout.
+    ((timeout, woken),) = stop.waits
+    assert timeout > 0 and woken
