@@ -16,6 +16,7 @@ processes and machines (hashing uses CRC32, not Python's salted ``hash``).
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import unicodedata
@@ -25,6 +26,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 import emoji
+import numpy as np
 
 MAX_TEXT_CHARS = 2_000
 VOCAB_FORMAT = "nearline-content-vocab"
@@ -33,8 +35,9 @@ VOCAB_FORMAT_VERSION = 1
 PAD, UNK, EMPTY = "<pad>", "<unk>", "<empty>"
 SPECIAL_TOKENS = (PAD, UNK, EMPTY, "<url>", "<user>", "<number>")
 
-_SKIN_TONES = "".join(chr(c) for c in range(0x1F3FB, 0x1F400))
-_FOLD_TABLE = {ord(c): None for c in _SKIN_TONES + "\ufe0e\ufe0f\ufffd"}
+# Skin-tone modifiers U+1F3FB-U+1F3FF, variation selectors, U+FFFD. A regex: str.translate with a
+# dict looks every character up, which cost more than the rest of preprocessing together.
+_FOLD = re.compile("[\U0001F3FB-\U0001F3FF\ufe0e\ufe0f\ufffd]+")
 _URL = re.compile(r"(?:https?://|www\.)\S+")
 _MENTION = re.compile(r"@\w+")
 _NUMBER = re.compile(r"(?<![\w])\d+(?:[.,:/]\d+)*(?:st|nd|rd|th|am|pm|k|s)?(?![\w])")
@@ -60,7 +63,8 @@ def to_text(text: str | bytes) -> str:
 
 def fold_emoji_variants(text: str | bytes) -> str:
     """Remove skin-tone modifiers, variation selectors and U+FFFD so emoji variants compare equal."""
-    return to_text(text)[:MAX_TEXT_CHARS].translate(_FOLD_TABLE)
+    text = to_text(text)[:MAX_TEXT_CHARS]
+    return text if text.isascii() else _FOLD.sub("", text)
 
 
 def extract_emojis(text: str | bytes) -> list[str]:
@@ -74,9 +78,33 @@ def extract_emojis(text: str | bytes) -> list[str]:
     return list(seen)
 
 
+# Runs that may hold an emoji: every character of every emoji sequence is '#', '*', a digit or at
+# or above U+00A9, and a sequence needs one of the latter (a keycap needs U+20E3). A superset with
+# few ranges keeps the scan fast; runs without an actual emoji character are left as they are.
+_EMOJI_CANDIDATES = re.compile("[#*0-9\u00a9-\U0010ffff]*[\u00a9-\U0010ffff][#*0-9\u00a9-\U0010ffff]*")
+
+
+@functools.lru_cache(maxsize=1)
+def _emoji_chars() -> frozenset[str]:
+    """Every character that occurs in some emoji sequence (built once, on first use)."""
+    return frozenset(ch for sequence in emoji.EMOJI_DATA for ch in sequence)
+
+
+def _replace_run(run: re.Match[str]) -> str:
+    text = run.group()
+    return emoji.replace_emoji(text, replace=" ") if not _emoji_chars().isdisjoint(text) else text
+
+
+def _replace_emoji_runs(folded: str) -> str:
+    # No emoji match can span a character that belongs to no emoji, so running the emoji package's
+    # matcher on runs that end at such characters gives exactly its result on the whole text, while
+    # its per-character Python loop only sees the (short) runs that hold emoji.
+    return folded if folded.isascii() else _EMOJI_CANDIDATES.sub(_replace_run, folded)
+
+
 def strip_emojis(text: str | bytes) -> str:
     """``text`` without any emoji (including skin tones, variation selectors and ZWJ sequences)."""
-    return emoji.replace_emoji(fold_emoji_variants(text), replace=" ")
+    return _replace_emoji_runs(fold_emoji_variants(text))
 
 
 def preprocess(text: str | bytes) -> str:
@@ -85,12 +113,29 @@ def preprocess(text: str | bytes) -> str:
     Emojis are kept (folded); the model input drops them with :func:`strip_emojis` first.
     Elongated runs of three or more of a character become two ("soooo" -> "soo", "!!!!" -> "!!").
     """
-    folded = fold_emoji_variants(text)
+    return _normalise(fold_emoji_variants(text))
+
+
+class _ControlToSpace(dict):
+    """str.translate table: control/format/unassigned characters -> space, others unchanged.
+
+    Filled on demand, so translate runs in C and each distinct character is classified once.
+    """
+
+    def __missing__(self, codepoint: int) -> str:
+        ch = chr(codepoint)
+        value = " " if (unicodedata.category(ch) in _CONTROL_CATEGORIES and ch not in _KEEP_FORMAT) else ch
+        self[codepoint] = value
+        return value
+
+
+_CONTROL_TO_SPACE = _ControlToSpace()
+
+
+def _normalise(folded: str) -> str:
+    """:func:`preprocess` of a text already passed through :func:`fold_emoji_variants`."""
     normalised = unicodedata.normalize("NFKC", folded).lower()
-    cleaned = "".join(
-        " " if (unicodedata.category(ch) in _CONTROL_CATEGORIES and ch not in _KEEP_FORMAT) else ch
-        for ch in normalised
-    )
+    cleaned = normalised.translate(_CONTROL_TO_SPACE)
     cleaned = _URL.sub(" <url> ", cleaned)
     cleaned = _MENTION.sub(" <user> ", cleaned)
     cleaned = _NUMBER.sub(" <number> ", cleaned)
@@ -100,7 +145,8 @@ def preprocess(text: str | bytes) -> str:
 
 def tokenize(text: str | bytes) -> list[str]:
     """Tokens of the emoji-free, preprocessed post (words, ``#hashtags``, punctuation runs, specials)."""
-    return _TOKEN.findall(preprocess(strip_emojis(text)))
+    # strip_emojis output is already folded and no longer than MAX_TEXT_CHARS: folding again is a no-op.
+    return _TOKEN.findall(_normalise(strip_emojis(text)))
 
 
 def stable_hash(value: str) -> int:
@@ -114,19 +160,82 @@ def char_ngrams(token: str, n_min: int, n_max: int) -> list[str]:
     return [marked[i : i + n] for n in range(n_min, n_max + 1) for i in range(len(marked) - n + 1)]
 
 
+@functools.lru_cache(maxsize=1)
+def _crc32_table() -> np.ndarray:
+    """The byte table of CRC-32 (reflected polynomial 0xEDB88320, as zlib), uint32 (256,)."""
+    table = np.arange(256, dtype=np.uint32)
+    for _ in range(8):
+        table = np.where(table & 1, (table >> 1) ^ np.uint32(0xEDB88320), table >> 1).astype(np.uint32)
+    return table
+
+
+def _crc32_rows(data: np.ndarray, value: int) -> np.ndarray:
+    """``zlib.crc32(row, value)`` of every row of ``data`` (uint8 (M, n)), vectorised: uint32 (M,)."""
+    table = _crc32_table()
+    crc = np.full(len(data), value ^ 0xFFFFFFFF, dtype=np.uint32)
+    for k in range(data.shape[1]):
+        crc = table[(crc ^ data[:, k]) & 0xFF] ^ (crc >> 8)
+    return crc ^ np.uint32(0xFFFFFFFF)
+
+
+def concat_ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """Concatenated ``arange(start, start + length)`` of each pair: int64 (sum(lengths),)."""
+    ends = np.cumsum(lengths)
+    return np.repeat(starts - ends + lengths, lengths) + np.arange(int(ends[-1]) if len(ends) else 0)
+
+
+def hash_char_ngrams(tokens: list[str], n_min: int, n_max: int, num_buckets: int, prefix: str = ""
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """``[stable_hash(prefix + g) % num_buckets for g in char_ngrams(token, n_min, n_max)]`` of every token.
+
+    Vectorised: the CRC32 of all n-grams of ASCII tokens (where a char is a byte) runs as numpy over
+    byte windows, one pass per n; other tokens are hashed one n-gram at a time.
+
+    Returns:
+        (int64 (sum of counts,) the ids token after token, int64 (len(tokens),) the count per token).
+    """
+    start = zlib.crc32(prefix.encode())
+    marked = [f"<{t}>" for t in tokens]
+    lengths = np.array([len(m) for m in marked], dtype=np.int64)
+    ascii_rows = np.array([m.isascii() for m in marked], dtype=bool)
+    sizes = range(n_min, n_max + 1)
+    windows = np.stack([np.maximum(lengths - n + 1, 0) for n in sizes]) if len(tokens) else np.zeros((len(sizes), 0), np.int64)
+    counts = windows.sum(axis=0)
+    out = np.empty(int(counts.sum()), dtype=np.int64)
+    offsets = np.cumsum(counts) - counts
+    if ascii_rows.any():
+        flat = np.frombuffer("".join(m for m, a in zip(marked, ascii_rows, strict=True) if a).encode(), dtype=np.uint8)
+        token_starts = np.cumsum(lengths[ascii_rows]) - lengths[ascii_rows]
+        block = offsets[ascii_rows].copy()
+        for n, per_token in zip(sizes, windows[:, ascii_rows], strict=True):
+            first = concat_ranges(token_starts, per_token)
+            crc = _crc32_rows(flat[first[:, None] + np.arange(n)], start)
+            out[concat_ranges(block, per_token)] = crc % num_buckets
+            block += per_token
+    for i in np.flatnonzero(~ascii_rows):
+        out[offsets[i]: offsets[i] + counts[i]] = [
+            zlib.crc32(g.encode(), start) % num_buckets for g in char_ngrams(tokens[i], n_min, n_max)]
+    return out, counts
+
+
 def wide_feature_ids(
     tokens: list[str], num_buckets: int, word_ngrams: int, char_min: int, char_max: int
 ) -> list[int]:
     """Hashed word 1..``word_ngrams``-grams and char ``char_min``..``char_max``-grams of a token list.
 
+    The definition of the wide path's features; ``embeddings.content_encoder.TextFeaturizer`` computes
+    the same ids faster (tested equal).
+
     Returns:
-        Bucket ids in ``[0, num_buckets)``; never empty (an empty post hashes its ``<empty>`` marker).
+        Bucket ids in ``[0, num_buckets)``: word n-grams in order (n = 1, 2, ...), then the char n-grams
+        of each distinct non-special token in order of first use. Never empty (an empty post hashes
+        its ``<empty>`` marker).
     """
     if not tokens:
         tokens = [EMPTY]
     features = [f"w{n}:" + " ".join(tokens[i : i + n]) for n in range(1, word_ngrams + 1)
                 for i in range(len(tokens) - n + 1)]
-    for token in set(tokens):
+    for token in dict.fromkeys(tokens):
         if not token.startswith("<"):
             features.extend("c:" + g for g in char_ngrams(token, char_min, char_max))
     return [stable_hash(f) % num_buckets for f in features]
@@ -156,6 +265,11 @@ class Vocabulary:
     def num_embeddings(self) -> int:
         """Rows of the token embedding table: the words then the fallback buckets."""
         return len(self.words) + self.subword_buckets
+
+    def word_id(self, token: str) -> int | None:
+        """The row of ``token`` when it is in the word list, else None."""
+        index: dict[str, int] = self._index  # type: ignore[attr-defined]
+        return index.get(token)
 
     def token_bag(self, token: str) -> list[int]:
         """Embedding rows whose mean embeds ``token``: its word id, or its hashed char n-grams if unseen."""

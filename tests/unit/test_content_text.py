@@ -101,3 +101,43 @@ def test_hashing_and_wide_features_are_stable():
     assert ids == wide_feature_ids(["good", "day"], 1024, 2, 3, 5)
     assert all(0 <= i < 1024 for i in ids)
     assert len(wide_feature_ids([], 1024, 2, 3, 5)) == 1
+
+
+AWKWARD = ["Good MORNING!!! sooo happy 😂😂 #blessed @bob http://x.co/1 at 10:30pm",
+           "a 👨‍👩‍👧 b \u200d c 👍\u200d👍 #\u20e3 1\ufe0f\u20e3 x", "café naïve 東京 ©® 2023 #1 *ok*",
+           "🇫🇷🇩🇪 flags and 👍🏽 tones", "\x00\x1fctl\u2028x", "", "🔥", "unseen zzqqxx words xyzzy",
+           b"bytes \xff\xfe bad utf8", "ab " * 50]
+
+
+def test_emoji_stripping_matches_the_emoji_package_on_whole_texts():
+    import emoji
+
+    from embeddings.text import fold_emoji_variants
+
+    for text in AWKWARD:
+        assert strip_emojis(text) == emoji.replace_emoji(fold_emoji_variants(text), replace=" "), text
+
+
+@pytest.mark.parametrize("word_ngrams", [1, 2, 3])
+def test_featurizer_gives_the_ids_of_the_reference_definitions(word_ngrams):
+    import numpy as np
+
+    from embeddings.config import ContentModelConfig
+    from embeddings.content_encoder import TextFeaturizer
+
+    config = ContentModelConfig(vocab_size=20, min_count=1, max_len_tokens=6, subword_buckets=97,
+                                wide_buckets=1009, wide_word_ngrams=word_ngrams)
+    vocab = build_vocabulary(AWKWARD[:3], config.vocab_size, 1, config.subword_buckets)
+    featurizer = TextFeaturizer(vocab, config)
+    for texts in (AWKWARD, AWKWARD[::-1]):  # the second call reuses the memo
+        features = featurizer(texts)
+        bags = [[vocab.token_bag(t) for t in tokenize(x)[:6]] or [vocab.token_bag(EMPTY)] for x in texts]
+        assert features.tokens_per_text.tolist() == [len(b) for b in bags]
+        assert features.bag_sizes.tolist() == [len(bag) for text_bags in bags for bag in text_bags]
+        assert features.token_rows.tolist() == [row for text_bags in bags for bag in text_bags for row in bag]
+        wide = [wide_feature_ids(tokenize(x), 1009, word_ngrams, 3, 5) for x in texts]
+        assert features.wide_per_text.tolist() == [len(w) for w in wide]
+        assert features.wide_ids.tolist() == [i for w in wide for i in w]
+    no_wide = TextFeaturizer(vocab, config.model_copy(update={"wide_enabled": False}))(AWKWARD)
+    assert len(no_wide.wide_ids) == 0 and no_wide.wide_per_text.tolist() == [0] * len(AWKWARD)
+    assert np.array_equal(no_wide.token_rows, featurizer(AWKWARD).token_rows)
