@@ -162,7 +162,7 @@ class TextFeaturizer:
         bags[bag_at[~unseen]] = [w for w in word_ids if w is not None]
         unseen_at = bag_at[unseen]
         bags[concat_ranges(unseen_at, subword_counts)] = subword_ids + len(vocab)
-        bags[unseen_at[subword_counts == 0]] = vocab.word_id(UNK)
+        bags[unseen_at[subword_counts == 0]] = vocab.token_bag(UNK)[0]
         self._bags.extend(bags, bag_lengths)
         special = np.array([t.startswith("<") for t in tokens], dtype=bool)
         char_ids, char_counts = hash_char_ngrams(tokens, config.wide_char_ngram_min, config.wide_char_ngram_max,
@@ -222,9 +222,9 @@ class TextFeaturizer:
         wide_per_text = word_counts + ngram_counts + per_text_chars
         wide_ids = np.empty(int(wide_per_text.sum()), dtype=np.int64)
         offset = np.cumsum(wide_per_text) - wide_per_text
-        for values, lengths in parts:
-            wide_ids[concat_ranges(offset, lengths)] = values
-            offset = offset + lengths
+        for values, part_counts in parts:
+            wide_ids[concat_ranges(offset, part_counts)] = values
+            offset = offset + part_counts
         return TextFeatures(token_rows, bag_sizes, tokens_per_text, wide_ids, wide_per_text)
 
 
