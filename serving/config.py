@@ -86,7 +86,7 @@ class ServeConfig(BaseModel):
         description="Sources that run; '?sources=all' (the default) means these.",
     )
     trending_window_hours: PositiveFloat = Field(
-        48.0, description="Trending: posts created this long before the snapshot, most engaged first."
+        24.0, description="Trending: posts created this long before the snapshot, most engaged first."
     )
     followed_window_hours: PositiveFloat = Field(
         48.0, description="Followed: followed accounts' posts created this long before the snapshot."

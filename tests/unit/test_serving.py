@@ -310,7 +310,10 @@ def with_cold_users(tmp_path_factory):
     pq.write_table(cold, data / "users" / "part-00001.parquet")
     build_serving_set(str(root / "store"), str(data), seed=1, content_dim=16)
     store = Store(str(root / "store"))
-    return _index(store, str(data)), _ranker(store, str(data))
+    # The tiny dataset's newest post is a day older than its last engagement: widen the trending window.
+    config = CONFIG.model_copy(update={"trending_window_hours": 72.0})
+    index = load_index_bundle(store, read_pointers(store, INDEX_POINTERS), config, fixture_index_configs())
+    return index, _ranker(store, str(data))
 
 
 def test_a_user_without_history_gets_the_fallback_sources_and_only_a_never_seen_id_is_404(with_cold_users):
