@@ -11,7 +11,7 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
+import threading
 
 import pytest
 
@@ -108,15 +108,27 @@ def test_killed_refresh_publishes_nothing_half_and_the_next_one_recovers(first_r
     # (Probing more lists than the default keeps the index well above the gate's recall floor.)
     changed = [*overrides, "indexes.content.search.nprobe=40"]
     args = [sys.executable, "-m", "jobs.cli", *[a for o in changed for a in ("--set", o)], "refresh"]
+    before = _serving(store)
     child = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    deadline = time.monotonic() + 300
-    for line in child.stdout:
-        if "[index_content] running" in line or time.monotonic() > deadline:
-            break
-    child.send_signal(signal.SIGKILL)
-    child.wait()
-    # Whatever instant the kill hit, every pointer names a complete version.
-    for key, version in _serving(store).items():
+    # Only a safety net: a child that hangs silently is killed, its output ends and the assert below fails.
+    watchdog = threading.Timer(300, child.kill)
+    watchdog.start()
+    lines: list[str] = []
+    try:
+        # Kill on the event, not after a delay: the child's own line saying the index build has begun.
+        for line in child.stdout:
+            lines.append(line)
+            if "[index_content] running" in line:
+                break
+    finally:
+        watchdog.cancel()
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+    output = "".join(lines[-40:])
+    assert lines and "[index_content] running" in lines[-1], f"killed before the index build started:\n{output}"
+    # Killed mid-build: nothing was published, and every pointer still names a complete version.
+    assert _serving(store) == before
+    for key, version in before.items():
         kind, name = key.split("/")
         assert version in store.versions(kind, name), (key, version)
 
