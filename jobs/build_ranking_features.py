@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Mapping
 
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
@@ -133,7 +134,7 @@ def with_prior_aggregates(
     queries: DataFrame,
     events: DataFrame,
     keys: list[str],
-    counts: dict[str, tuple[str, int | None]],
+    counts: Mapping[str, tuple[str, int | None]],
     last_seen: dict[str, str] | None = None,
 ) -> DataFrame:
     """Add, to each query row, aggregates of events with the same keys strictly before its ts_us.
@@ -415,7 +416,8 @@ def run(spark: SparkSession, config: NearlineConfig, content_version: str | None
                 if counts[split] == 0:
                     raise ValueError(f"the {split} split is empty: the data covers too short a time window")
             for task in TASK_COLUMNS:
-                rates[task] = rows.where(F.col("split") == "train").agg(F.avg(task)).first()[0]
+                # A global aggregate has exactly one row (collect, unlike first, is typed as never None).
+                rates[task] = rows.where(F.col("split") == "train").agg(F.avg(task)).collect()[0][0]
             staged.manifest["row_counts"] = counts
             staged.manifest["train_positive_rates"] = rates
             staged.manifest["columns"] = [c for c in rows.columns if c != "split"]

@@ -129,7 +129,7 @@ def run(
     split_dir = f"{store.path('models', 'ranker', model_version)}/splits/{group}"
     tables = read_tables(spark, config.data.path)
     if as_of_us is None:
-        last = tables["engagements"].agg(F.max("ts_us")).first()[0]
+        last = tables["engagements"].agg(F.max("ts_us")).collect()[0][0]  # a global aggregate: one row
         if last is None:
             raise ValueError(f"no engagements in {config.data.path}: nothing to compute features from")
         as_of_us = int(last) + 1
@@ -153,7 +153,7 @@ def run(
         staged.manifest.update(
             {
                 "row_counts": {group: count},
-                "dim": int(len(spark.read.parquet(staged.data_path).select("vector").first()[0])),
+                "dim": int(len(spark.read.parquet(staged.data_path).select("vector").head(1)[0][0])),
                 "elapsed_s": round(elapsed, 3),
                 "rows_per_s": round(count / elapsed, 1),
             }

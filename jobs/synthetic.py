@@ -345,7 +345,7 @@ def generate_engagements(config: GenerateConfig, skeleton: Skeleton, block: int)
             continue
         created = skeleton.post_created_us[post_index]
         seen_at = np.minimum(
-            created + rng.exponential(0.5 * _MICROS_PER_DAY, post_index.shape[0]).astype(np.int64), end_us - 1
+            created + rng.exponential(0.5 * _MICROS_PER_DAY, len(post_index)).astype(np.int64), end_us - 1
         )
         seen_at = np.maximum(seen_at, created + 1_000_000)
         authors = skeleton.post_author[post_index]

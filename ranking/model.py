@@ -97,10 +97,10 @@ class SplitRanker(nn.Module):
     def __init__(self, config: RankerConfig) -> None:
         super().__init__()
         size = config.discretizer.hash_space_size
-        self.splits = nn.ModuleDict({g: GroupSplit(config.groups[g], size) for g in GROUP_NAMES})
-        self.head = Head(
-            sum(s.output_dim for s in self.splits.values()), config.head_sizes, len(config.tasks)
-        )
+        # Sized from the typed dict: through the ModuleDict an attribute is only a Tensor | Module to mypy.
+        splits = {g: GroupSplit(config.groups[g], size) for g in GROUP_NAMES}
+        self.splits = nn.ModuleDict(splits)
+        self.head = Head(sum(s.output_dim for s in splits.values()), config.head_sizes, len(config.tasks))
 
     def forward(self, ids: dict[str, torch.Tensor], dense: dict[str, torch.Tensor]) -> torch.Tensor:
         """Args: per-group ids int64 (B, F_g) and dense float32 (B, D_g). Returns logits (B, T)."""
@@ -113,10 +113,9 @@ class FullyConnectedRanker(nn.Module):
     def __init__(self, config: RankerConfig) -> None:
         super().__init__()
         size = config.discretizer.hash_space_size
-        self.inputs = nn.ModuleDict({g: SparseDenseInput(config.groups[g], size) for g in GROUP_NAMES})
-        self.head = Head(
-            sum(i.output_dim for i in self.inputs.values()), config.fully_connected_sizes, len(config.tasks)
-        )
+        inputs = {g: SparseDenseInput(config.groups[g], size) for g in GROUP_NAMES}
+        self.inputs = nn.ModuleDict(inputs)
+        self.head = Head(sum(i.output_dim for i in inputs.values()), config.fully_connected_sizes, len(config.tasks))
 
     def forward(self, ids: dict[str, torch.Tensor], dense: dict[str, torch.Tensor]) -> torch.Tensor:
         """Args: per-group ids int64 (B, F_g) and dense float32 (B, D_g). Returns logits (B, T)."""
@@ -144,7 +143,9 @@ def export_split(model: nn.Module, group: str) -> GroupSplit:
         raise ValueError(f"only a split ranker has exportable splits, got {type(model).__name__}")
     if group not in model.splits:
         raise ValueError(f"unknown split {group!r}; expected one of {list(model.splits)}")
-    return copy.deepcopy(model.splits[group]).eval()
+    split = model.splits[group]
+    assert isinstance(split, GroupSplit), type(split)  # SplitRanker holds only GroupSplits
+    return copy.deepcopy(split).eval()
 
 
 def export_head(model: nn.Module) -> Head:

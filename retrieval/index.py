@@ -163,7 +163,7 @@ def sample_vectors(
             chosen = np.arange(len(all_keys))
         kept_keys, kept_order = all_keys[chosen], all_order[chosen]
         kept_ids, kept_vectors = all_ids[chosen], all_vectors[chosen]
-    if kept_ids is None:
+    if kept_ids is None or kept_vectors is None:
         raise ValueError("no vectors: the input is empty")
     in_input_order = np.argsort(kept_order)
     return kept_ids[in_input_order], np.ascontiguousarray(kept_vectors[in_input_order], dtype=np.float32)
@@ -229,7 +229,8 @@ def index_to_gpu(index: faiss.Index, gpu: GpuConfig, num_gpus: int) -> faiss.Ind
     options.shard = gpu.multi_gpu == "shard"
     gpu_index = faiss.index_cpu_to_gpu_multiple_py(resources, index, options)
     # The GPU index must not outlive its resources.
-    gpu_index.referenced_objects = resources
+    # (faiss's own keep-alive idiom: a plain Python attribute, which faiss's stubs do not declare.)
+    gpu_index.referenced_objects = resources  # type: ignore[attr-defined]
     return gpu_index
 
 

@@ -75,18 +75,23 @@ def search_parameters(
     """
     level = _unwrap(index)
     if isinstance(level, (faiss.IndexIDMap, faiss.IndexIDMap2)):
-        translated = faiss.IDSelectorTranslated(level.id_map, selector) if selector is not None else None
+        # The C++ constructor takes the map's std::vector as is; the stubs list only arrays and lists.
+        translated = (faiss.IDSelectorTranslated(level.id_map, selector)  # type: ignore[arg-type]
+                      if selector is not None else None)
         return search_parameters(level.index, translated, nprobe, ef_search, k_factor)
     if isinstance(level, faiss.IndexPreTransform):
         inner = search_parameters(level.index, selector, nprobe, ef_search, k_factor)
-        return faiss.SearchParametersPreTransform(index_params=inner)
+        # Keyword construction is faiss's wrapper (it keeps the nested objects alive); its stubs show only
+        # the bare SWIG constructors, and no SearchParametersHNSW at all: hence the ignores below.
+        return faiss.SearchParametersPreTransform(index_params=inner)  # type: ignore[call-arg]
     if isinstance(level, faiss.IndexRefine):
         inner = search_parameters(level.base_index, selector, nprobe, ef_search, k_factor)
-        return faiss.IndexRefineSearchParameters(k_factor=k_factor, base_index_params=inner)
+        return faiss.IndexRefineSearchParameters(k_factor=k_factor, base_index_params=inner)  # type: ignore[call-arg]
+    params: faiss.SearchParameters
     if isinstance(level, faiss.IndexIVF):
-        params = faiss.SearchParametersIVF(nprobe=nprobe)
+        params = faiss.SearchParametersIVF(nprobe=nprobe)  # type: ignore[call-arg]
     elif isinstance(level, faiss.IndexHNSW):
-        params = faiss.SearchParametersHNSW(efSearch=ef_search)
+        params = faiss.SearchParametersHNSW(efSearch=ef_search)  # type: ignore[attr-defined]
     else:
         params = faiss.SearchParameters()
     if selector is not None:
@@ -169,7 +174,9 @@ class Searcher:
                 f"exclude_per_query has {len(exclude_per_query)} lists for {len(query_vectors)} queries"
             )
         exclude = None if exclude_ids is None or len(exclude_ids) == 0 else np.asarray(exclude_ids, dtype=np.int64)
-        has_per_query = exclude_per_query is not None and any(len(e) for e in exclude_per_query)
+        # Lists that exclude nothing are no lists: the batch then takes the unfiltered path.
+        per_query_lists = (exclude_per_query if exclude_per_query is not None and any(len(e) for e in exclude_per_query)
+                           else None)
 
         num_queries = len(query_vectors)
         out_ids = np.empty((num_queries, k), dtype=np.int64)
@@ -177,7 +184,7 @@ class Searcher:
         batch = self._search_config.query_batch_size
         for start in range(0, num_queries, batch):
             stop = min(start + batch, num_queries)
-            per_query = exclude_per_query[start:stop] if has_per_query else None
+            per_query = per_query_lists[start:stop] if per_query_lists is not None else None
             self._search_batch(
                 query_vectors[start:stop], k, exclude, per_query, out_ids[start:stop], out_scores[start:stop]
             )
@@ -209,7 +216,7 @@ class Searcher:
             selector = faiss.IDSelectorNot(faiss.IDSelectorBatch(exclude)) if exclude is not None else None
             s = self._search_config
             params = search_parameters(self._cpu_index, selector, s.nprobe, max(s.ef_search, fetch_k), s.k_factor)
-        index = self._gpu_index if use_gpu else self._cpu_index
+        index = self._gpu_index if use_gpu and self._gpu_index is not None else self._cpu_index
 
         if fetch_k == k and extra == 0:
             # The hot path: faiss writes straight into the caller's result rows.
@@ -224,7 +231,7 @@ class Searcher:
         _compact(ids, scores, ~drop & (ids >= 0), out_ids, out_scores, self._pad_score)
 
 
-def rowwise_isin(ids: np.ndarray, per_row: Sequence[np.ndarray]) -> np.ndarray:
+def rowwise_isin(ids: np.ndarray, per_row: Sequence[np.ndarray] | np.ndarray) -> np.ndarray:
     """Boolean (B, K): ids[r, j] is in per_row[r]. Vectorised by coding (row, id) pairs as one int64."""
     lengths = np.fromiter((len(e) for e in per_row), dtype=np.int64, count=len(per_row))
     excluded = np.concatenate([np.asarray(e, dtype=np.int64) for e in per_row]) if lengths.sum() else None

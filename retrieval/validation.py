@@ -140,7 +140,9 @@ def sample_stored_vectors(index: faiss.Index, max_vectors: int = 1000) -> np.nda
         return level.reconstruct_batch(positions)
     if isinstance(level, faiss.IndexIVF):
         # Round-robin over the lists by offset, which needs no direct map.
-        sizes = np.array([level.invlists.list_size(i) for i in range(level.nlist)])
+        invlists = level.invlists
+        assert invlists is not None, "an IVF index always has inverted lists"
+        sizes = np.array([invlists.list_size(i) for i in range(level.nlist)])
         vectors = np.empty((count, level.d), dtype=np.float32)
         filled = 0
         for offset in range(int(sizes.max(initial=0))):
