@@ -181,7 +181,7 @@ class ClosedLoopLoad:
     def __init__(self, base_url: str) -> None:
         self._base_url = base_url
         self._stop = threading.Event()
-        self._lock = threading.Lock()
+        self._answered = threading.Condition()
         self.ok = 0
         self.failures: list[str] = []
         self._threads = [threading.Thread(target=self._loop, args=(i,), daemon=True) for i in range(LOAD_CLIENTS)]
@@ -198,11 +198,19 @@ class ClosedLoopLoad:
                               else f"{path}: {response.status_code} {response.text[:300]}")
                 except httpx.HTTPError as exc:
                     failed = f"{path}: {type(exc).__name__} {exc}"
-                with self._lock:
+                with self._answered:
                     if failed:
                         self.failures.append(failed)
                     else:
                         self.ok += 1
+                    self._answered.notify_all()
+
+    def wait_for_ok(self, count: int, timeout_s: float = 120) -> int:
+        """Block until at least `count` requests have succeeded; returns the count then."""
+        with self._answered:
+            if not self._answered.wait_for(lambda: self.ok >= count, timeout=timeout_s):
+                raise TimeoutError(f"{self.ok} of {count} requests succeeded in {timeout_s} s: {self.failures[:5]}")
+            return self.ok
 
     def __enter__(self) -> ClosedLoopLoad:
         for thread in self._threads:
@@ -232,11 +240,11 @@ def test_serve_deploy_query_and_rolling_update_without_failed_requests(ray_head,
         second = serve_config_copy(serving_store["config"], port, overrides=["serve.poll_interval_s=1.5"],
                                    batch_size=16)
         with ClosedLoopLoad(base_url) as load:
-            time.sleep(2)  # requests in flight before the update starts
-            before_update = load.ok
+            # Requests answered before the update starts, and more after it ends (counts, not sleeps).
+            before_update = load.wait_for_ok(LOAD_CLIENTS * 5)
             _serve_deploy(second, tmp_path / "serve-v2.yaml", ray_head)
             app_after = _wait_running(ray_head, client, 16, DEPLOY_TIMEOUT_S)
-            time.sleep(2)  # and after it ends
+            load.wait_for_ok(load.ok + LOAD_CLIENTS * 5)
         print(f"rolling update under load: {load.ok} ok, {len(load.failures)} failed "
               f"({before_update} before the redeploy)")
         assert before_update > 0 and load.ok > before_update
