@@ -20,11 +20,11 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
-from jobs.config import load_config  # noqa: E402
-from jobs.generate_dataset import run  # noqa: E402
-from jobs.spark import build_spark_session  # noqa: E402
+from jobs.config import load_config
+from jobs.generate_dataset import run
+from jobs.spark import build_spark_session
 
 
 def main() -> None:

@@ -41,7 +41,7 @@ KEYS_OF_GROUP = {"user": ["user_id"], "user_author": ["user_id", "author_id"]}
 
 
 @functools.lru_cache(maxsize=2)
-def _cached_split(split_dir: str):  # noqa: ANN202 - executor-side cache of (split, group config, discretizer)
+def _cached_split(split_dir: str):  # executor-side cache of (split, group config, discretizer)
     import torch
 
     from ranking.training import load_split
@@ -51,7 +51,7 @@ def _cached_split(split_dir: str):  # noqa: ANN202 - executor-side cache of (spl
     return split, group_config, discretizer
 
 
-def encode_frame(frame: pd.DataFrame, group_config, discretizer) -> tuple[np.ndarray, np.ndarray]:  # noqa: ANN001
+def encode_frame(frame: pd.DataFrame, group_config, discretizer) -> tuple[np.ndarray, np.ndarray]:
     """Encode one group's raw feature frame into (ids (N, F), dense (N, D)) with the split's discretizer."""
     columns: dict[str, np.ndarray] = {}
     for name in (*group_config.continuous_features, *group_config.dense_features):
@@ -68,7 +68,7 @@ def encode_frame(frame: pd.DataFrame, group_config, discretizer) -> tuple[np.nda
     return ids, dense
 
 
-def split_vectors_udf(split_dir: str, keys: list[str], batch_rows: int = 8192):  # noqa: ANN201
+def split_vectors_udf(split_dir: str, keys: list[str], batch_rows: int = 8192):
     """A mapInPandas function: feature frames -> (keys..., vector) frames."""
 
     def apply(frames: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:

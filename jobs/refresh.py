@@ -116,7 +116,7 @@ class RefreshRun:
             print(f"[{name}] running", flush=True)
             try:
                 record.version, record.details = action()
-            except Exception as exc:  # noqa: BLE001 - the refresh boundary: record which stage and why
+            except Exception as exc:  # the refresh boundary: record which stage and why, then re-raise
                 record.status, record.reason = "failed", f"{type(exc).__name__}: {exc}"
                 record.seconds = round(time.perf_counter() - started, 2)
                 record.details["traceback"] = traceback.format_exc(limit=8)
@@ -139,7 +139,7 @@ def _validate_input(config: NearlineConfig) -> tuple[None, dict[str, Any]]:
     return None, {"row_counts": report.row_counts}
 
 
-def run_refresh(config: NearlineConfig, spark=None) -> dict[str, Any]:  # noqa: ANN001 - SparkSession, imported lazily
+def run_refresh(config: NearlineConfig, spark=None) -> dict[str, Any]:  # spark: a SparkSession, imported lazily
     """Run the whole chain once; returns the run record (also written to store/runs/)."""
     from jobs import (
         build_index,

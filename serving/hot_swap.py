@@ -95,7 +95,7 @@ class BundleHolder(Generic[B]):
             while not self._stop.wait(interval_s):
                 try:
                     self.poll()
-                except Exception:  # noqa: BLE001 - a poll failure must never stop future polls
+                except Exception:  # a poll failure must never stop future polls
                     log.exception("%s: poll failed", self.name)
 
         self._thread = threading.Thread(target=loop, name=f"{self.name}-poll", daemon=True)
