@@ -109,7 +109,7 @@ def _show_user(client: httpx.Client, config: NearlineConfig, user_id: int) -> No
               f"  from {item['source']:<13}  {texts.get(item['post_id'], '')[:60]}")
 
 
-def _flat_versions(serving: dict[str, Any]) -> dict[str, str]:
+def _flat_versions(serving: dict[str, Any]) -> dict[str, str | None]:
     """{kind: {name: {version, ...}}} from /v1/versions -> {"kind/name": version}."""
     return {f"{kind}/{name}": info.get("version") for kind, artifacts in serving.items()
             for name, info in artifacts.items() if isinstance(info, dict)}
@@ -194,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
             for key in sorted(set(before) | set(after)):
                 if before.get(key) != after.get(key):
                     print(f"  {key:<28} {before.get(key)} -> {after.get(key)}")
-            warm = next((s for s in record["stages"] if s["name"] == "ranker"), {})
+            warm: dict[str, Any] = next((s for s in record["stages"] if s["name"] == "ranker"), {})
             report = warm.get("details", {}).get("warm_start") or {}
             print(f"  ranker warm-started from the serving model {before.get('models/ranker', '')}: "
                   f"kept {len(report.get('kept', []))} tensors, grown {len(report.get('grown', []))}, "

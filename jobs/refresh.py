@@ -224,11 +224,13 @@ def run_refresh(config: NearlineConfig, spark=None) -> dict[str, Any]:  # spark:
                                                       publish=False)),
         )
         for name, embedding_version in (("content", content), ("user", user)):
+            # The loop values bound as defaults (ruff B023), although run.stage calls build at once.
+            def build(name: str = name, embedding_version: str | None = embedding_version) -> tuple[str, dict[str, Any]]:
+                return _manifest(build_index.run(config, name, embedding_version=embedding_version, publish=False))
+
             run.stage(
                 f"index_{name}", ("indexes", name),
-                stage_key(f"index_{name}", embedding_version, config_hash(config.indexes[name])),
-                lambda name=name, embedding_version=embedding_version: _manifest(
-                    build_index.run(config, name, embedding_version=embedding_version, publish=False)),
+                stage_key(f"index_{name}", embedding_version, config_hash(config.indexes[name])), build,
             )
         run.stage("publish", None, None, lambda: (None, _publish(store, run.staged, config.store.keep_versions)))
         published = run.stages[-1].details["published"]
