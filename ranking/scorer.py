@@ -19,12 +19,12 @@ from ranking.calibration import Calibration
 from ranking.config import RankerConfig
 from ranking.discretizer import Discretizer
 from ranking.examples import empty_row_columns, encode_group
-from ranking.model import SplitRanker, export_head, export_split
+from ranking.model import GroupSplit, SplitRanker, export_head, export_split
 
 
 @torch.no_grad()
 def compute_split_vectors(
-    split: torch.nn.Module, ids: np.ndarray, dense: np.ndarray, batch_size: int = 8192
+    split: GroupSplit, ids: np.ndarray, dense: np.ndarray, batch_size: int = 8192
 ) -> np.ndarray:
     """Run a split over encoded rows.
 
