@@ -49,7 +49,7 @@ def _load_texts(args: argparse.Namespace) -> list[str]:
     return texts
 
 
-def _plain_torch(model, batches: list) -> Callable[[], np.ndarray]:  # noqa: ANN001
+def _plain_torch(model, batches: list) -> Callable[[], np.ndarray]:
     def run() -> np.ndarray:
         with torch.no_grad():
             return np.concatenate([model(b.to(model.device))["embedding"].float().cpu().numpy() for b in batches])
