@@ -150,7 +150,7 @@ def train_from_tweeteval(directory: str, config: NearlineConfig, out_dir: str) -
     return result.metrics
 
 
-def train_from_dataset(spark, config: NearlineConfig, store, publish: bool) -> tuple[str, dict]:  # noqa: ANN001
+def train_from_dataset(spark, config: NearlineConfig, store, publish: bool) -> tuple[str, dict]:
     """Extract emoji labels from the configured posts (Spark), train, stage into models/content.
 
     Returns:
