@@ -75,8 +75,7 @@ class NearlineParser(argparse.ArgumentParser):
 class _CommandsAction(argparse._SubParsersAction):
     """The top-level subparsers: each command's help line comes from COMMANDS."""
 
-    def add_parser(self, name: str, **kwargs: Any) -> argparse.ArgumentParser:  # type: ignore[override]
-        # typeshed spells out add_parser's keywords; this only forwards them.
+    def add_parser(self, name: str, **kwargs: Any) -> argparse.ArgumentParser:
         if name not in COMMANDS:
             raise LookupError(f"command {name!r} is not in jobs.cli.COMMANDS: add it there with its module")
         if "help" in kwargs:
