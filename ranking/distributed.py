@@ -74,7 +74,7 @@ def train_worker(
         group = _ProcessGroup()
         model, report = start_model(config, parent_state)
         epochs = run_epochs(config, model, train, val, stepped=DistributedDataParallel(model), collective=group,
-                            progress=False)
+                            progress=group.rank == 0)
         # CPU time of all workers together, comparable with a single process's train_cpu_s.
         cpu_s = torch.tensor([epochs.train_cpu_s], dtype=torch.float64)
         group.sum_(cpu_s)

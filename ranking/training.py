@@ -233,7 +233,8 @@ def run_epochs(
         stepped: the module the optimiser steps through (a DistributedDataParallel wrapper of model);
             default: model itself.
         collective: how workers sum the train loss and share the stop decision (default: one process).
-        progress: a tqdm bar per epoch and one summary line per epoch.
+        progress: one summary line per epoch, and a tqdm bar per epoch in a single process (workers'
+            bars would only interleave in the executors' logs).
     """
     tc = config.training
     collective = collective or Collective()
@@ -252,7 +253,8 @@ def run_epochs(
         # (sum of loss x rows, rows) in float64, summed over workers: the epoch's mean train loss.
         totals = torch.zeros(2, dtype=torch.float64)
         for index in tqdm(
-            shares, desc=f"epoch {epoch + 1}/{tc.epochs}", disable=not progress, leave=False, mininterval=2.0
+            shares, desc=f"epoch {epoch + 1}/{tc.epochs}", disable=not progress or collective.world_size > 1,
+            leave=False, mininterval=2.0,
         ):
             ids, dense = _to_tensors(train, index)
             loss = loss_fn(stepped(ids, dense), labels[index])
