@@ -37,17 +37,17 @@ import matplotlib
 import numpy as np
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
-from retrieval.config import IndexConfig  # noqa: E402
+from retrieval.config import IndexConfig
 from serving.api import CandidateQuery, RankQuery
-from serving.config import ServeConfig, serve_environment  # noqa: E402
+from serving.config import ServeConfig, serve_environment
 from serving.index_side import load_index_bundle
 from serving.lineage import INDEX_POINTERS, RANKER_POINTERS, read_pointers, rollback_serving_set
 from serving.ranker_side import load_ranker_bundle
 from serving.recommend import recommend
-from storage.store import Store  # noqa: E402
-from tests.support.serving_fixture import build_serving_set, write_tiny_dataset  # noqa: E402
+from storage.store import Store
+from tests.support.serving_fixture import build_serving_set, write_tiny_dataset
 
 REPORTS = Path(__file__).resolve().parent.parent / "reports"
 FLOOR_APP = "serve-floor"
