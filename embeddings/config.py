@@ -49,6 +49,38 @@ class EmbeddingGateConfig(BaseModel):
     )
 
 
+class PretrainConfig(BaseModel):
+    """Self-supervised emoji pre-training over a raw text corpus (`nearline content pretrain`).
+
+    The emojis of a post become its labels (one example per distinct emoji of the label set, as DeepMoji)
+    and are removed from the text the model reads.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    text_column: str = Field("text", description="Column of the input Parquet that holds the posts.")
+    num_labels: PositiveInt = Field(64, description="Label set: the N most frequent emojis (DeepMoji: 64).")
+    exclude_emojis: tuple[str, ...] = Field(
+        (), description="Emojis never used as labels (e.g. ones that mark promotions rather than a feeling)."
+    )
+    max_examples_per_label: PositiveInt = Field(
+        6000, description="Cap per emoji label, taken in a hash order (balances head and tail classes)."
+    )
+    min_text_tokens: PositiveInt = Field(3, description="Posts with fewer tokens once emojis are removed are dropped.")
+    max_emojis_per_post: PositiveInt = Field(
+        4, description="Posts with more distinct emojis are dropped: their emojis say little about the text."
+    )
+    max_mentions: int = Field(3, ge=0, description="Spam filter: posts with more @mentions are dropped.")
+    max_hashtags: int = Field(3, ge=0, description="Spam filter: posts with more #hashtags are dropped.")
+    max_urls: int = Field(1, ge=0, description="Spam filter: posts with more links are dropped.")
+    deduplicate: bool = Field(
+        True, description="Keep one post per normalised text (lower case, links/mentions/numbers masked, emoji "
+        "removed): templated promotions differ only in those."
+    )
+    val_fraction: float = Field(0.05, gt=0.0, lt=0.5, description="Share of posts held out for validation.")
+    checkpoint_every_steps: PositiveInt = Field(200, description="Steps between training checkpoints (resume).")
+
+
 class ContentModelConfig(BaseModel):
     """Text preprocessing, model shape, training and label-extraction settings of the content model."""
 
@@ -129,6 +161,11 @@ class ContentModelConfig(BaseModel):
 
     seed: int = Field(0, description="Seed of initialisation, shuffling and splits.")
 
+    init_from: str | None = Field(
+        None, description="Directory of a (pre-)trained content model whose weights start training (all but "
+        "the label heads); its vocabulary is used, and its layer sizes must equal these."
+    )
+    pretrain: PretrainConfig = Field(PretrainConfig(), description="Emoji pre-training over a raw corpus.")
     gate: EmbeddingGateConfig = Field(
         EmbeddingGateConfig(), description="Health gates of the exported content and user-interest embeddings."
     )

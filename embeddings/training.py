@@ -11,6 +11,7 @@ import json
 import math
 import os
 import time
+import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -227,6 +228,36 @@ def _save_curve(history: list[dict], path: str) -> None:
     plt.close(fig)
 
 
+CHECKPOINT_FORMAT = "nearline-content-checkpoint"
+CHECKPOINT_FORMAT_VERSION = 1
+
+
+def _save_checkpoint(path: str, state: dict) -> None:
+    """Write ``state`` to ``path`` atomically: a kill leaves the previous checkpoint or the new one."""
+    partial = path + ".partial"
+    torch.save({"format": CHECKPOINT_FORMAT, "format_version": CHECKPOINT_FORMAT_VERSION, **state}, partial)
+    os.replace(partial, path)
+
+
+def load_checkpoint(path: str) -> dict:
+    """Read a training checkpoint written by :func:`train_content_model`.
+
+    Raises:
+        ValueError: if the file cannot be read or is not a checkpoint of this format version.
+    """
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unpickling/zip error means the same thing here
+        raise ValueError(f"checkpoint {path} is corrupt or unreadable ({type(exc).__name__}: {exc}); "
+                         "delete it to start the training over") from None
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path} is not a {CHECKPOINT_FORMAT} file; delete it to start the training over")
+    if state.get("format_version") != CHECKPOINT_FORMAT_VERSION:
+        raise ValueError(f"checkpoint {path} has format_version={state.get('format_version')!r}; this code "
+                         f"resumes version {CHECKPOINT_FORMAT_VERSION}: delete it to start over")
+    return state
+
+
 def train_content_model(
     config: ContentModelConfig,
     train_texts: Sequence[str | bytes],
@@ -237,15 +268,26 @@ def train_content_model(
     run_dir: str,
     device: str | None = None,
     vocab: Vocabulary | None = None,
+    init_model: ContentModel | None = None,
+    checkpoint_every_steps: int | None = None,
 ) -> TrainResult:
-    """Train from scratch with early stopping on validation macro-F1 and calibrate on validation.
+    """Train with early stopping on validation macro-F1 and calibrate on validation.
 
     Args:
         train_labels, val_labels: int64 (N,) in ``[0, len(label_names))``.
-        run_dir: receives metrics.json and training_curve.png.
+        run_dir: receives metrics.json and training_curve.png (and checkpoint.pt when checkpointing).
+        vocab: the vocabulary (default: built from ``train_texts``; with ``init_model``, its own).
+        init_model: a trained (e.g. pre-trained) content model whose weights start every layer but the
+            label heads; its vocabulary and shape must match ``config`` (see :func:`check_compatible`).
+        checkpoint_every_steps: write ``run_dir/checkpoint.pt`` every this many steps and at the end of
+            each epoch; a later call with the same arguments resumes from it (exactly: same batches,
+            optimiser state and schedule) instead of starting over.
 
     Returns:
         The best-epoch model (vocab and labels attached, in eval mode) and its metrics.
+
+    Raises:
+        ValueError: on bad labels, a model or vocabulary that does not match, or a corrupt checkpoint.
     """
     num_labels = len(label_names)
     train_labels = _check_labels(train_labels, len(train_texts), num_labels, "train")
@@ -254,6 +296,8 @@ def train_content_model(
     dev = resolve_device(device)
     os.makedirs(run_dir, exist_ok=True)
     started, cpu_started = time.perf_counter(), time.process_time()
+    if init_model is not None:
+        vocab = check_compatible(init_model, config, vocab)
     vocab = vocab or build_vocabulary(train_texts, config.vocab_size, config.min_count, config.subword_buckets)
     train_features = featurize(train_texts, vocab, config)
     val_features = featurize(val_texts, vocab, config)
@@ -261,21 +305,45 @@ def train_content_model(
 
     model = build_content_model(config, len(vocab), num_labels).to(dev)
     model.vocab, model.labels = vocab, list(label_names)
+    init_report = None
+    if init_model is not None:
+        init_report = initialise_from(model, init_model)
     weights = class_weights(train_labels, num_labels, config.class_weighting).to(dev)
     opts = _optimizers(model, config.learning_rate, config.wide_learning_rate, config.weight_decay)
     steps_per_epoch = math.ceil(len(train_features) / config.batch_size)
     total_steps = steps_per_epoch * config.epochs
-    rng = np.random.default_rng(config.seed)
     y_train = torch.from_numpy(train_labels)
-    history: list[dict] = []
-    best_f1, best_state, best_epoch, bad_epochs, step = -1.0, None, 0, 0, 0
-    for epoch in range(1, config.epochs + 1):
+    # What a checkpoint must agree with to be resumed: the same data, labels and settings.
+    run_key = {"config": config.model_dump_json(), "num_train": len(train_texts), "num_val": len(val_texts),
+               "labels": list(label_names), "vocab_words": len(vocab),
+               "train_labels_crc": zlib.crc32(train_labels.tobytes())}
+    checkpoint_path = os.path.join(run_dir, "checkpoint.pt")
+    progress: dict[str, Any] = {"epoch": 1, "batch": 0, "step": 0, "total_loss": 0.0, "seen": 0, "history": [],
+                "best_f1": -1.0, "best_epoch": 0, "bad_epochs": 0, "best_state": None, "done": False}
+    if checkpoint_every_steps and os.path.isfile(checkpoint_path):
+        progress = _resume(checkpoint_path, run_key, model, opts)
+        tqdm.write(f"resuming from {checkpoint_path}: epoch {progress['epoch']}, step {progress['step']}")
+
+    def save() -> None:
+        if checkpoint_every_steps:
+            _save_checkpoint(checkpoint_path, {"run_key": run_key, **progress, "model": model.state_dict(),
+                                               "optimizers": [opt.state_dict() for opt, _ in opts],
+                                               "torch_rng": torch.get_rng_state(),  # dropout masks
+                                               "cuda_rng": torch.cuda.get_rng_state_all()
+                                               if torch.cuda.is_available() else []})
+
+    history: list[dict] = progress["history"]
+    step = progress["step"]
+    while not progress["done"] and progress["epoch"] <= config.epochs:
+        epoch = progress["epoch"]
         model.train()
         epoch_started = time.perf_counter()
-        order = _bucketed_order(train_features.tokens_per_text, config.batch_size, rng)
-        total_loss, seen = 0.0, 0
-        bar = tqdm(iterate_batches(train_features, config.batch_size, order), total=steps_per_epoch,
-                   desc=f"epoch {epoch}/{config.epochs}", leave=False, mininterval=5)
+        # The order of an epoch depends on (seed, epoch) only, so a resumed epoch sees the same batches.
+        order = _bucketed_order(train_features.tokens_per_text, config.batch_size,
+                                np.random.default_rng([config.seed, epoch]))
+        bar = tqdm(iterate_batches(train_features, config.batch_size, order[progress["batch"] * config.batch_size:]),
+                   total=steps_per_epoch - progress["batch"], desc=f"epoch {epoch}/{config.epochs}",
+                   leave=False, mininterval=5)
         for indices, batch in bar:
             for opt, base_lr in opts:
                 for group in opt.param_groups:
@@ -294,23 +362,29 @@ def train_content_model(
             for opt, _ in opts:
                 opt.step()
             step += 1
-            total_loss += loss.detach().item() * len(indices)
-            seen += len(indices)
+            progress.update(step=step, batch=progress["batch"] + 1,
+                            total_loss=progress["total_loss"] + loss.detach().item() * len(indices),
+                            seen=progress["seen"] + len(indices))
+            if checkpoint_every_steps and step % checkpoint_every_steps == 0:
+                save()
         epoch_s = time.perf_counter() - epoch_started
         val = _evaluate_heads(model, val_features, val_labels)
-        record = {"epoch": epoch, "train_loss": total_loss / seen, "epoch_s": round(epoch_s, 2), **val}
+        record = {"epoch": epoch, "train_loss": progress["total_loss"] / max(progress["seen"], 1),
+                  "epoch_s": round(epoch_s, 2), **val}
         history.append(record)
         tqdm.write(f"epoch {epoch}: loss {record['train_loss']:.4f}  val macro-F1 {val['val_macro_f1']:.4f} "
                    f"(deep {val['val_deep_macro_f1']:.4f}, wide {val.get('val_wide_macro_f1', 0):.4f}, "
                    f"joint {val.get('val_joint_macro_f1', 0):.4f})  "
                    f"{epoch_s:.0f}s")
-        if val["val_macro_f1"] > best_f1:
-            best_f1, best_epoch, bad_epochs = val["val_macro_f1"], epoch, 0
-            best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+        if val["val_macro_f1"] > progress["best_f1"]:
+            progress.update(best_f1=val["val_macro_f1"], best_epoch=epoch, bad_epochs=0,
+                            best_state={k: v.detach().cpu().clone() for k, v in model.state_dict().items()})
         else:
-            bad_epochs += 1
-            if bad_epochs >= config.early_stopping_patience:
-                break
+            progress["bad_epochs"] += 1
+            progress["done"] = progress["bad_epochs"] >= config.early_stopping_patience
+        progress.update(epoch=epoch + 1, batch=0, total_loss=0.0, seen=0)
+        save()
+    best_state, best_epoch = progress["best_state"], progress["best_epoch"]
     assert best_state is not None
     model.load_state_dict(best_state)
     refresh_norm_statistics(model, train_features, seed=config.seed)
@@ -323,7 +397,7 @@ def train_content_model(
                "val": final, "calibration": tuning, "train_s": round(train_s, 1), "prep_s": round(prep_s, 1),
                "cpu_s": round(cpu_s, 1), "threads": config.num_threads,
                "device": str(dev), "num_train": len(train_texts), "num_val": len(val_texts),
-               "vocab_words": len(vocab), "num_labels": num_labels}
+               "vocab_words": len(vocab), "num_labels": num_labels, "initialised_from": init_report}
     os.makedirs(run_dir, exist_ok=True)
     with open(os.path.join(run_dir, "metrics.json"), "w") as f:
         json.dump(metrics, f, indent=2)
@@ -331,6 +405,70 @@ def train_content_model(
     tqdm.write(f"trained {len(history)} epochs in {train_s:.0f}s; best epoch {best_epoch}; "
                f"val macro-F1 {final['macro_f1']:.4f} (cross-fitted {tuning.get('val_macro_f1_bias_crossfit', 0):.4f})")
     return TrainResult(model.eval(), metrics)
+
+
+def _resume(path: str, run_key: dict, model: ContentModel, opts: list) -> dict:
+    state = load_checkpoint(path)
+    if state.get("run_key") != run_key:
+        differs = sorted(k for k in run_key if state.get("run_key", {}).get(k) != run_key[k])
+        raise ValueError(f"checkpoint {path} belongs to another training run (differs in {differs}); "
+                         "delete it or use another output directory")
+    model.load_state_dict(state["model"])
+    for (opt, _), opt_state in zip(opts, state["optimizers"], strict=True):
+        opt.load_state_dict(opt_state)
+    torch.set_rng_state(state["torch_rng"])
+    if state["cuda_rng"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda_rng"])
+    return {k: state[k] for k in ("epoch", "batch", "step", "total_loss", "seen", "history", "best_f1",
+                                  "best_epoch", "bad_epochs", "best_state", "done")}
+
+
+# Config fields that fix the shape and meaning of the layers a pre-trained model hands on.
+_SHAPE_FIELDS = ("subword_buckets", "embedding_dim", "lstm_hidden", "attention_over", "content_embedding_dim",
+                 "project_embedding", "embedding_source", "wide_enabled", "wide_buckets", "wide_dim",
+                 "wide_word_ngrams", "wide_char_ngram_min", "wide_char_ngram_max")
+
+
+def check_compatible(init_model: ContentModel, config: ContentModelConfig, vocab: Vocabulary | None) -> Vocabulary:
+    """The vocabulary to train with when starting from ``init_model``: its own.
+
+    Raises:
+        ValueError: if ``config`` asks for another layer shape or vocabulary size, or ``vocab`` is given
+            and differs from the model's (row i of the embedding table must mean the same word).
+    """
+    if init_model.vocab is None:
+        raise ValueError("the pre-trained model has no vocabulary attached: load it with load_content_model")
+    differs = {f: (getattr(init_model.config, f), getattr(config, f)) for f in _SHAPE_FIELDS
+               if getattr(init_model.config, f) != getattr(config, f)}
+    if differs:
+        raise ValueError("the pre-trained model does not match the content config: "
+                         + ", ".join(f"{f}={new!r} in the config but {old!r} in the model"
+                                     for f, (old, new) in differs.items())
+                         + "; set these to the model's values or train from scratch")
+    if init_model.config.vocab_size != config.vocab_size:
+        raise ValueError(f"vocabulary mismatch: the pre-trained model has a vocabulary of vocab_size="
+                         f"{init_model.config.vocab_size} ({len(init_model.vocab)} words) but the config asks "
+                         f"vocab_size={config.vocab_size}; set content.vocab_size={init_model.config.vocab_size} "
+                         "or train from scratch")
+    if vocab is not None and vocab != init_model.vocab:
+        raise ValueError(f"vocabulary mismatch: the given vocabulary ({len(vocab)} words) is not the pre-trained "
+                         f"model's ({len(init_model.vocab)} words); its embedding rows would mean other words")
+    return init_model.vocab
+
+
+def initialise_from(model: ContentModel, init_model: ContentModel) -> dict[str, list[str]]:
+    """Copy every tensor of ``init_model`` into ``model`` except the label heads and calibration (in place).
+
+    Returns:
+        ``{"copied": [...], "kept": [...]}``: tensor names taken from ``init_model`` and those left as
+        initialised (the heads, whose labels differ, and the mixing weights and bias fitted on val).
+    """
+    fresh = ("deep_head.", "wide_head.", "joint_head.", "head_weights", "logit_bias")
+    source = init_model.state_dict()
+    target = model.state_dict()
+    copied = [k for k in target if k in source and not k.startswith(fresh) and source[k].shape == target[k].shape]
+    model.load_state_dict({**target, **{k: source[k].to(target[k].device) for k in copied}})
+    return {"copied": copied, "kept": [k for k in target if k not in copied]}
 
 
 def calibrate_content_model(model: ContentModel, val_features: TextFeatures, val_labels: np.ndarray) -> dict:

@@ -18,7 +18,8 @@ import pandas as pd
 from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
-EXTRACTED_SCHEMA = "post_id long, text string, emojis array<string>, num_tokens int"
+EXTRACTED_SCHEMA = ("post_id long, text string, emojis array<string>, num_tokens int, num_mentions int, "
+                    "num_hashtags int, num_urls int, normalised string")
 
 
 def _extract_batches(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
@@ -27,22 +28,30 @@ def _extract_batches(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
     for batch in batches:
         texts = batch["text"].fillna("").tolist()
         stripped = [" ".join(strip_emojis(t).split()) for t in texts]
+        tokens = [tokenize(t) for t in stripped]
         yield pd.DataFrame({
             "post_id": batch["post_id"].to_numpy(),
             "text": stripped,
             "emojis": [extract_emojis(t) for t in texts],
-            "num_tokens": [len(tokenize(t)) for t in stripped],
+            "num_tokens": [len(t) for t in tokens],
+            "num_mentions": [t.count("<user>") for t in tokens],
+            "num_hashtags": [sum(w.startswith("#") and len(w) > 1 for w in t) for t in tokens],
+            "num_urls": [t.count("<url>") for t in tokens],
+            "normalised": [" ".join(t) for t in tokens],
         })
 
 
 def extract_post_emojis(posts: DataFrame) -> DataFrame:
-    """(post_id, text) -> (post_id, text without emojis, distinct folded emojis, num_tokens)."""
+    """(post_id, text) -> (post_id, text without emojis, distinct folded emojis, num_tokens, and for spam
+    filtering: num_mentions, num_hashtags, num_urls, normalised (the tokens: lower case, links, mentions
+    and numbers masked))."""
     return posts.select("post_id", "text").mapInPandas(_extract_batches, EXTRACTED_SCHEMA)
 
 
-def label_set(extracted: DataFrame, num_labels: int) -> list[str]:
-    """The ``num_labels`` most frequent emojis (by posts containing them; ties by code point)."""
+def label_set(extracted: DataFrame, num_labels: int, exclude: tuple[str, ...] = ()) -> list[str]:
+    """The ``num_labels`` most frequent emojis but ``exclude`` (by posts containing them; ties by code point)."""
     counts = (extracted.select(F.explode("emojis").alias("emoji"))
+              .where(~F.col("emoji").isin(*exclude) if exclude else F.lit(True))
               .groupBy("emoji").count()
               .orderBy(F.col("count").desc(), F.col("emoji").asc())
               .limit(num_labels))

@@ -1,5 +1,6 @@
-"""`nearline content train | eval | probe | finetune`: the DeepMoji-style content model.
+"""`nearline content pretrain | train | eval | probe | finetune`: the DeepMoji-style content model.
 
+`content pretrain`  see jobs.pretrain_content_model (self-supervised emoji pre-training, resumable)
 `content train`
     Reads:  config.data.path/posts (emoji labels extracted with Spark, jobs.extract_emoji_labels),
             or a TweetEval-format directory (--tweeteval DIR: train split trains, val split stops early)
@@ -136,6 +137,13 @@ def resolve_model_dir(model: str, config: NearlineConfig) -> str:
 
 
 # ---------------------------------------------------------------- train
+def load_init_model(config: NearlineConfig):  # noqa: ANN201 - ContentModel | None (torch imported lazily)
+    """The model named by content.init_from (e.g. a `content pretrain` output), or None."""
+    from embeddings.content_encoder import load_content_model
+
+    return load_content_model(config.content.init_from) if config.content.init_from else None
+
+
 def train_from_tweeteval(directory: str, config: NearlineConfig, out_dir: str) -> dict:
     """Train on ``directory``'s train split (val split for early stopping/calibration) into ``out_dir``."""
     from embeddings.content_encoder import save_content_model
@@ -145,7 +153,8 @@ def train_from_tweeteval(directory: str, config: NearlineConfig, out_dir: str) -
     val_texts, val_labels = read_tweeteval_split(directory, "val")
     num_labels = int(max(train_labels.max(), val_labels.max())) + 1
     names = read_tweeteval_label_names(directory, num_labels)
-    result = train_content_model(config.content, train_texts, train_labels, val_texts, val_labels, names, out_dir)
+    result = train_content_model(config.content, train_texts, train_labels, val_texts, val_labels, names, out_dir,
+                                 init_model=load_init_model(config))
     save_content_model(result.model, result.model.vocab, names, config.content, out_dir)
     return result.metrics
 
@@ -183,7 +192,8 @@ def train_from_dataset(spark, config: NearlineConfig, store, publish: bool) -> t
                 raise ValueError(f"emoji label extraction from {posts_path} gave {len(train)} train and "
                                  f"{len(val)} val examples: need posts with emojis of the label set in both")
             result = train_content_model(content, train["text"].tolist(), train["label"].to_numpy(),
-                                         val["text"].tolist(), val["label"].to_numpy(), labels, staged.path)
+                                         val["text"].tolist(), val["label"].to_numpy(), labels, staged.path,
+                                         init_model=load_init_model(config))
             save_content_model(result.model, result.model.vocab, labels, content, staged.path)
             details = {"row_counts": {"train": len(train), "val": len(val)}, "metrics": result.metrics["val"]}
             staged.manifest.update(details)
@@ -277,9 +287,14 @@ def _handle_finetune(args: argparse.Namespace, config: NearlineConfig) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Adds `content train|eval|probe|finetune`."""
+    """Adds `content pretrain|train|eval|probe|finetune`."""
+    from jobs import pretrain_content_model
+
     parser = subparsers.add_parser("content")
     actions = parser.add_subparsers(dest="content_command", metavar="ACTION", required=True)
+
+    pretrain_content_model.add_arguments(actions.add_parser(
+        "pretrain", help="self-supervised emoji pre-training over a Parquet text column (Spark; resumable)"))
 
     train = actions.add_parser("train", help="train from emoji labels of the posts, or from TweetEval")
     train.add_argument("--tweeteval", metavar="DIR", help="TweetEval-format directory (train + val splits)")

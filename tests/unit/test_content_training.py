@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from sklearn.metrics import f1_score
 
 from embeddings.config import ContentModelConfig
@@ -110,3 +111,69 @@ def test_chain_thaw_adapts_to_a_new_task(rng, tmp_path):
     # layer4: the joint projection (and its input norm) that makes the content embedding
     assert list(stages) == ["head", "layer0", "layer1", "layer2", "layer3", "layer4", "head_again", "all"]
     assert stages["all"] >= stages["head"] and stages["all"] > 0.9
+
+
+def test_training_resumes_from_its_checkpoint_exactly(rng, tmp_path, monkeypatch):
+    import embeddings.training as training
+
+    train_texts, train_y = synthetic_task(rng, 120)
+    val_texts, val_y = synthetic_task(rng, 30)
+    config = tiny_train_config(epochs=3, batch_size=16, early_stopping_patience=3)
+    args = (config, train_texts, train_y, val_texts, val_y, ["sun", "rain", "cake"])
+    straight = train_content_model(*args, str(tmp_path / "straight"), device="cpu").model
+
+    # A "kill" in the middle of epoch 2 (step 12 of 8 per epoch): the last checkpoint (step 10) survives.
+    real_lr_factor = training._lr_factor
+
+    def dies_at_step_12(schedule: str, step: int, total: int) -> float:
+        if step == 12:  # steps count from 0: 12 steps are done
+            raise KeyboardInterrupt("killed")
+        return real_lr_factor(schedule, step, total)
+
+    monkeypatch.setattr(training, "_lr_factor", dies_at_step_12)
+    with pytest.raises(KeyboardInterrupt):
+        train_content_model(*args, str(tmp_path / "resumed"), device="cpu", checkpoint_every_steps=5)
+    monkeypatch.setattr(training, "_lr_factor", real_lr_factor)
+    saved = training.load_checkpoint(str(tmp_path / "resumed" / "checkpoint.pt"))
+    assert (saved["epoch"], saved["step"]) == (2, 10)
+
+    resumed = train_content_model(*args, str(tmp_path / "resumed"), device="cpu", checkpoint_every_steps=5).model
+    for name, tensor in straight.state_dict().items():
+        assert torch.equal(tensor, resumed.state_dict()[name]), name
+
+
+def test_resuming_refuses_corrupt_or_foreign_checkpoints(rng, tmp_path):
+    texts, y = synthetic_task(rng, 40)
+    args = (tiny_train_config(epochs=1), texts, y, texts, y, ["sun", "rain", "cake"])
+    (tmp_path / "checkpoint.pt").write_bytes(b"half a checkpoint")
+    with pytest.raises(ValueError, match="corrupt or unreadable.*delete it"):
+        train_content_model(*args, str(tmp_path), device="cpu", checkpoint_every_steps=1)
+    (tmp_path / "checkpoint.pt").unlink()
+    train_content_model(*args, str(tmp_path), device="cpu", checkpoint_every_steps=1)
+    other = (tiny_train_config(epochs=1, seed=2), *args[1:])
+    with pytest.raises(ValueError, match="another training run.*config"):
+        train_content_model(*other, str(tmp_path), device="cpu", checkpoint_every_steps=1)
+
+
+def test_training_starts_from_a_pretrained_model_and_refuses_a_mismatch(rng, tmp_path):
+    from embeddings.text import build_vocabulary
+
+    texts, y = synthetic_task(rng, 150)
+    pretrained = train_content_model(tiny_train_config(epochs=2), texts, y, texts, y, ["sun", "rain", "cake"],
+                                     str(tmp_path / "pre"), device="cpu").model
+    binary = (y < 2).astype(np.int64)
+    result = train_content_model(tiny_train_config(epochs=1), texts, binary, texts, binary, ["other", "weather"],
+                                 str(tmp_path / "fine"), device="cpu", init_model=pretrained)
+    assert result.model.vocab == pretrained.vocab
+    copied = result.metrics["initialised_from"]["copied"]
+    assert "lstm1.weight_ih_l0" in copied and not any(k.startswith(("deep_head", "joint_head")) for k in copied)
+    with pytest.raises(ValueError, match="lstm_hidden=16 in the config but 12 in the model"):
+        train_content_model(tiny_train_config(lstm_hidden=16), texts, y, texts, y, ["a", "b", "c"],
+                            str(tmp_path / "x"), device="cpu", init_model=pretrained)
+    with pytest.raises(ValueError, match="vocabulary mismatch.*vocab_size=50"):
+        train_content_model(tiny_train_config(vocab_size=50), texts, y, texts, y, ["a", "b", "c"],
+                            str(tmp_path / "x"), device="cpu", init_model=pretrained)
+    other_vocab = build_vocabulary(["entirely different words"], 100, 1, 64)
+    with pytest.raises(ValueError, match="vocabulary mismatch.*not the pre-trained model's"):
+        train_content_model(tiny_train_config(), texts, y, texts, y, ["a", "b", "c"], str(tmp_path / "x"),
+                            device="cpu", init_model=pretrained, vocab=other_vocab)
