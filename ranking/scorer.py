@@ -74,15 +74,18 @@ class RankerScorer:
         self._calibration = calibration
         self._post_split = export_split(model, "post")
         self._head = export_head(model)
-        self._user_index = {int(u): i for i, u in enumerate(np.asarray(user_ids))}
-        self._user_vectors = np.asarray(user_vectors, dtype=np.float32)
-        self._pair_index = {
-            (int(u), int(a)): i
-            for i, (u, a) in enumerate(
-                zip(np.asarray(pair_user_ids), np.asarray(pair_author_ids), strict=True)
-            )
-        }
-        self._pair_vectors = np.asarray(pair_vectors, dtype=np.float32)
+        # Sorted id arrays searched with np.searchsorted: a scoring call looks up hundreds of rows at
+        # once, which per-row dict lookups made the largest cost of a /v1/recommend call.
+        user_ids = np.asarray(user_ids, dtype=np.int64)
+        by_user = np.argsort(user_ids, kind="stable")
+        self._user_ids = user_ids[by_user]
+        self._user_vectors = np.asarray(user_vectors, dtype=np.float32)[by_user]
+        pair_user_ids = np.asarray(pair_user_ids, dtype=np.int64)
+        pair_author_ids = np.asarray(pair_author_ids, dtype=np.int64)
+        by_pair = np.lexsort((pair_author_ids, pair_user_ids))
+        self._pair_user_ids = pair_user_ids[by_pair]
+        self._pair_author_ids = pair_author_ids[by_pair]
+        self._pair_vectors = np.asarray(pair_vectors, dtype=np.float32)[by_pair]
         self.default_user_vector = self._default_vector(model, "user")
         self.default_pair_vector = self._default_vector(model, "user_author")
         for name, vectors, default in (
@@ -110,15 +113,38 @@ class RankerScorer:
 
     def lookup_user(self, user_id: int) -> np.ndarray:
         """The user's exported vector, or the default one. float32 (D_user,)."""
-        i = self._user_index.get(int(user_id))
-        return self.default_user_vector if i is None else self._user_vectors[i]
+        return self.lookup_users(np.asarray([user_id]))[0]
+
+    def lookup_users(self, user_ids: np.ndarray) -> np.ndarray:
+        """Exported user vectors, the default one for users not exported. float32 (N, D_user)."""
+        user_ids = np.asarray(user_ids, dtype=np.int64)
+        out = np.tile(self.default_user_vector, (len(user_ids), 1))
+        if len(self._user_ids) and len(user_ids):
+            pos = np.minimum(np.searchsorted(self._user_ids, user_ids), len(self._user_ids) - 1)
+            found = self._user_ids[pos] == user_ids
+            out[found] = self._user_vectors[pos[found]]
+        return out
 
     def lookup_pairs(self, user_ids: np.ndarray, author_ids: np.ndarray) -> np.ndarray:
         """Exported user-author vectors, defaults for unseen pairs. float32 (N, D_user_author)."""
-        out = np.empty((len(user_ids), self.default_pair_vector.shape[0]), dtype=np.float32)
-        for row, (u, a) in enumerate(zip(user_ids, author_ids, strict=True)):
-            i = self._pair_index.get((int(u), int(a)))
-            out[row] = self.default_pair_vector if i is None else self._pair_vectors[i]
+        user_ids = np.asarray(user_ids, dtype=np.int64)
+        author_ids = np.asarray(author_ids, dtype=np.int64)
+        out = np.tile(self.default_pair_vector, (len(user_ids), 1))
+        if not len(self._pair_user_ids) or not len(user_ids):
+            return out
+        # One binary search per distinct user (a recommend call has one) for its block of pairs, then
+        # the authors within that block.
+        order = np.argsort(user_ids, kind="stable")
+        users, starts = np.unique(user_ids[order], return_index=True)
+        blocks_lo = np.searchsorted(self._pair_user_ids, users, side="left")
+        blocks_hi = np.searchsorted(self._pair_user_ids, users, side="right")
+        for rows, lo, hi in zip(np.split(order, starts[1:]), blocks_lo.tolist(), blocks_hi.tolist(), strict=True):
+            if lo == hi:
+                continue
+            authors = self._pair_author_ids[lo:hi]
+            pos = np.minimum(np.searchsorted(authors, author_ids[rows]), hi - lo - 1)
+            found = authors[pos] == author_ids[rows]
+            out[rows[found]] = self._pair_vectors[lo + pos[found]]
         return out
 
     @torch.no_grad()
@@ -151,9 +177,9 @@ class RankerScorer:
             raise ValueError(
                 f"row counts differ: users {len(user_ids)}, authors {len(author_ids)}, posts {len(post_ids)}"
             )
-        user_vectors = np.stack([self.lookup_user(u) for u in user_ids]) if len(user_ids) else None
-        if user_vectors is None:
+        if not len(user_ids):
             return np.zeros((0, len(self._config.tasks)))
+        user_vectors = self.lookup_users(user_ids)
         pair_vectors = self.lookup_pairs(user_ids, np.asarray(author_ids))
         post_vectors_out = self._post_split(torch.from_numpy(post_ids), torch.from_numpy(post_dense))
         logits = self._head(

@@ -155,26 +155,29 @@ def fuse(
     # The entry that weighs most for each post (ties: the earlier source): sort entries by post, weight.
     by_post = np.lexsort((source, -weights, inverse))
     first = by_post[np.r_[True, inverse[by_post][1:] != inverse[by_post][:-1]]]
-    per_source_score = np.full((len(names), len(unique)), np.nan)
-    per_source_score[source, inverse] = scores
     top = np.lexsort((unique, best_rank, -fused))[:k]
-    out = []
-    for u in top.tolist():
-        entry = first[u]
-        out.append(
-            {
-                "post_id": int(unique[u]),
-                "source": names[source[entry]],
-                "score": float(scores[entry]),
-                "scores": {
-                    names[s]: float(per_source_score[s, u])
-                    for s in range(len(names))
-                    if not np.isnan(per_source_score[s, u])
-                },
-                "fused_score": float(fused[u]),
-            }
+    # Every returning source's score per picked post, built source by source: the membership count is
+    # small (a few per post), so this beats a dict per post over every source.
+    position = np.full(len(unique), -1)
+    position[top] = np.arange(len(top))
+    per_post: list[dict[str, float]] = [{} for _ in range(len(top))]
+    picked = position[inverse] >= 0
+    for row, s, score in zip(
+        position[inverse][picked].tolist(), source[picked].tolist(), scores[picked].tolist(), strict=True
+    ):
+        per_post[row][names[s]] = score
+    entries = first[top]
+    return [
+        {"post_id": post_id, "source": names[s], "score": score, "scores": by_source, "fused_score": weight}
+        for post_id, s, score, by_source, weight in zip(
+            unique[top].tolist(),
+            source[entries].tolist(),
+            scores[entries].tolist(),
+            per_post,
+            fused[top].tolist(),
+            strict=True,
         )
-    return out
+    ]
 
 
 def top_unseen(ids: np.ndarray, scores: np.ndarray, seen: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

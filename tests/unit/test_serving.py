@@ -485,3 +485,23 @@ def test_rollback_pairs_the_feature_snapshots_with_the_user_vectors(tmp_path):
     changed = rollback_serving_set(store)
     for name in ("post", "user_lists"):
         assert changed[f"features/{name}"] == first[f"features/{name}"] == store.current("features", name)
+
+
+def test_scorer_lookups_return_exported_vectors_and_defaults_for_the_rest(served):
+    store = Store(served["store"])
+    version = store.current("embeddings", "user_author")
+    pairs = pq.read_table(parquet_files(store.path("embeddings", "user_author", version))[0])
+    users = pairs.column("user_id").to_numpy()
+    authors = pairs.column("author_id").to_numpy()
+    vectors = np.stack(pairs.column("vector").to_numpy(zero_copy_only=False)).astype(np.float32)
+    scorer = _ranker(store, served["data"]).scorer
+    rows = np.random.default_rng(0).permutation(len(users))[:300]
+    # Known pairs in random order, mixed with unknown authors and an unknown user.
+    query_users = np.concatenate([users[rows], users[rows[:5]], [10**9]])
+    query_authors = np.concatenate([authors[rows], np.full(5, 10**9), authors[rows[:1]]])
+    got = scorer.lookup_pairs(query_users, query_authors)
+    np.testing.assert_array_equal(got[:300], vectors[rows])
+    np.testing.assert_array_equal(got[300:], np.tile(scorer.default_pair_vector, (6, 1)))
+    known = int(users[0])
+    assert scorer.lookup_users(np.array([known, 10**9])).shape == (2, scorer.default_user_vector.shape[0])
+    np.testing.assert_array_equal(scorer.lookup_user(10**9), scorer.default_user_vector)
