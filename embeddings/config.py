@@ -146,6 +146,10 @@ class ContentModelConfig(BaseModel):
     val_fraction: float = Field(
         0.1, gt=0.0, lt=0.5, description="Validation share held out when the training data has no val split."
     )
+    gpu_bf16_autocast: bool = Field(
+        True, description="On CUDA, train and encode under torch.autocast(bfloat16): the linear layers run in "
+        "bf16, the LSTMs (not on autocast's list) and the embedding bags stay float32. No effect on CPU.",
+    )
     num_threads: PositiveInt = Field(
         1,
         description="torch CPU threads for training and encoding. 1 by default: on a shared 2-core machine, "

@@ -473,6 +473,12 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     return torch.device(device)
 
 
+def autocast_for(config: ContentModelConfig, device: torch.device) -> torch.autocast:
+    """bf16 autocast on CUDA when ``config.gpu_bf16_autocast`` (see there); a disabled no-op elsewhere."""
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16,
+                          enabled=device.type == "cuda" and config.gpu_bf16_autocast)
+
+
 @torch.no_grad()
 def run_model(model: ContentModel, features: TextFeatures, batch_size: int = 512
               ) -> dict[str, np.ndarray]:
@@ -493,7 +499,8 @@ def run_model(model: ContentModel, features: TextFeatures, batch_size: int = 512
     # Sorting by length keeps padding (wasted LSTM steps) low; packing makes results batch-independent.
     order = np.argsort(features.tokens_per_text, kind="stable")
     for indices, batch in iterate_batches(features, batch_size, order):
-        result = model(batch.to(model.device))
+        with autocast_for(model.config, model.device):
+            result = model(batch.to(model.device))
         for key in ("embedding", *keys):
             if result[key] is None:
                 out[key] = None

@@ -27,6 +27,7 @@ from embeddings.content_encoder import (
     HEADS,
     ContentModel,
     TextFeatures,
+    autocast_for,
     build_content_model,
     featurize,
     iterate_batches,
@@ -348,11 +349,13 @@ def train_content_model(
             for opt, base_lr in opts:
                 for group in opt.param_groups:
                     group["lr"] = base_lr * _lr_factor(config.lr_schedule, step, total_steps)
-            out = model(batch.to(dev))
+            with autocast_for(config, dev):
+                out = model(batch.to(dev))
             target = y_train[indices].to(dev)
             # Every head learns from the labels: the deep and wide heads keep each path learning on its
             # own (and feed the ensemble); the joint head trains the embedding.
-            loss = torch.stack([F.cross_entropy(out[f"{head}_logits"], target, weight=weights)
+            # float(): under bf16 autocast the logits are bf16; the loss is taken in float32.
+            loss = torch.stack([F.cross_entropy(out[f"{head}_logits"].float(), target, weight=weights)
                                 for head in HEADS if out[f"{head}_logits"] is not None]).sum()
             for opt, _ in opts:
                 opt.zero_grad(set_to_none=True)
@@ -500,8 +503,14 @@ def _evaluate_heads(model: ContentModel, features: TextFeatures, labels: np.ndar
     return result
 
 
-def _check_labels(labels: Sequence[int] | np.ndarray, n: int, num_labels: int, name: str) -> np.ndarray:
+def _check_labels(labels: Sequence[int] | np.ndarray, n: int, num_labels: int, name: str,
+                  multi_label: bool = False) -> np.ndarray:
     labels = np.asarray(labels, dtype=np.int64)
+    if multi_label:
+        if labels.shape != (n, num_labels) or not np.isin(labels, (0, 1)).all():
+            raise ValueError(f"{name}: multi-label targets must be 0/1 of shape ({n}, {num_labels}), "
+                             f"got shape {labels.shape}")
+        return labels
     if labels.shape != (n,):
         raise ValueError(f"{name}: {labels.shape[0] if labels.ndim else 0} labels for {n} texts")
     bad = labels[(labels < 0) | (labels >= num_labels)]
@@ -519,19 +528,59 @@ def evaluate_content_model(model: ContentModel, texts: Sequence[str | bytes], la
 
 
 # ---------------------------------------------------------------- transfer
+def class_average_f1(y_true: np.ndarray, scores: np.ndarray, thresholds: np.ndarray | float = 0.0) -> float:
+    """Mean over labels of the binary F1 of ``scores > thresholds`` (multi-label; DeepMoji's metric).
+
+    Args:
+        y_true: 0/1 array (N, L); scores: float (N, L) (logits or decision values);
+        thresholds: (L,) or one value.
+    """
+    pred = scores > thresholds
+    truth = y_true.astype(bool)
+    tp = (pred & truth).sum(axis=0)
+    denominator = pred.sum(axis=0) + truth.sum(axis=0)
+    return float(np.mean(np.divide(2 * tp, denominator, out=np.zeros(len(tp)), where=denominator > 0)))
+
+
+def tune_thresholds(y_true: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """Per-label decision threshold maximising that label's F1 on these (validation) rows, as DeepMoji
+    does for its multi-label sets. Returns float (L,)."""
+    thresholds = np.zeros(scores.shape[1])
+    for k in range(scores.shape[1]):
+        candidates = np.unique(scores[:, k])
+        f1 = [class_average_f1(y_true[:, k: k + 1], scores[:, k: k + 1], t - 1e-9) for t in candidates]
+        thresholds[k] = candidates[int(np.argmax(f1))] - 1e-9 if len(candidates) else 0.0
+    return thresholds
+
+
 def linear_probe(train_embeddings: np.ndarray, train_labels: np.ndarray, val_embeddings: np.ndarray,
                  val_labels: np.ndarray, test_embeddings: np.ndarray, test_labels: np.ndarray) -> dict[str, float]:
-    """Logistic regression on frozen embeddings; C picked on val, accuracy reported on test."""
-    from sklearn.linear_model import LogisticRegression
+    """Logistic regression on frozen embeddings (N, D); C picked on val, scored on test.
 
+    Labels int (N,) for one label per text: accuracy. 0/1 (N, L) for multi-label sets: one logistic
+    regression (sigmoid) per label, thresholds tuned per label on val, class-average F1.
+    """
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.multiclass import OneVsRestClassifier
+
+    multi = np.asarray(train_labels).ndim == 2
     best = None
     for c in (0.01, 0.1, 1.0, 10.0, 100.0):
-        clf = LogisticRegression(C=c, max_iter=2000).fit(train_embeddings, train_labels)
-        acc = float((clf.predict(val_embeddings) == val_labels).mean())
-        if best is None or acc > best[0]:
-            best = (acc, c, clf)
-    val_acc, c, clf = best
-    return {"accuracy": float((clf.predict(test_embeddings) == test_labels).mean()), "val_accuracy": val_acc,
+        if multi:
+            clf = OneVsRestClassifier(LogisticRegression(C=c, max_iter=2000)).fit(train_embeddings, train_labels)
+            val_scores = clf.decision_function(val_embeddings)
+            thresholds = tune_thresholds(val_labels, val_scores)
+            score = class_average_f1(val_labels, val_scores, thresholds)
+        else:
+            clf = LogisticRegression(C=c, max_iter=2000).fit(train_embeddings, train_labels)
+            thresholds, score = None, float((clf.predict(val_embeddings) == val_labels).mean())
+        if best is None or score > best[0]:
+            best = (score, c, clf, thresholds)
+    val_score, c, clf, thresholds = best
+    if multi:
+        return {"class_average_f1": class_average_f1(test_labels, clf.decision_function(test_embeddings), thresholds),
+                "val_class_average_f1": val_score, "C": c}
+    return {"accuracy": float((clf.predict(test_embeddings) == test_labels).mean()), "val_accuracy": val_score,
             "C": c}
 
 
@@ -545,15 +594,20 @@ def chain_thaw(model: ContentModel, train_texts: Sequence[str], train_labels: np
     The emoji heads are replaced by fresh heads over ``label_names``; only the head on the content
     embedding (joint, or deep for 'deep' models) is trained and predicts: transfer goes through the
     embedding. Each stage trains until
-    val accuracy has not improved for ``patience`` epochs (at most ``max_epochs_per_stage``) and keeps
+    the val score has not improved for ``patience`` epochs (at most ``max_epochs_per_stage``) and keeps
     the weights of its best epoch, as the paper's chain-thaw does.
 
+    Labels int (N,): a softmax head, scored by accuracy. Labels 0/1 (N, L) (multi-label sets such as
+    Olympic or SE0714): one sigmoid per label (binary cross-entropy), scored by class-average F1 at
+    logit 0; tune per-label thresholds on val afterwards (:func:`tune_thresholds`).
+
     Returns:
-        (fine-tuned model in eval mode, report with per-stage val accuracy).
+        (fine-tuned model in eval mode, report with the per-stage val score).
     """
     num_labels = len(label_names)
-    train_labels = _check_labels(train_labels, len(train_texts), num_labels, "train")
-    val_labels = _check_labels(val_labels, len(val_texts), num_labels, "val")
+    multi = np.asarray(train_labels).ndim == 2
+    train_labels = _check_labels(train_labels, len(train_texts), num_labels, "train", multi)
+    val_labels = _check_labels(val_labels, len(val_texts), num_labels, "val", multi)
     dev = resolve_device(device)
     tuned = copy.deepcopy(model).to(dev)
     tuned.num_labels = num_labels
@@ -565,10 +619,14 @@ def chain_thaw(model: ContentModel, train_texts: Sequence[str], train_labels: np
         tuned.joint_head = nn.Linear(tuned.config.content_embedding_dim, num_labels).to(dev)
     head = tuned.embedding_head
     # Start the new head at the class prior so early stages never do worse than the majority class.
-    prior = np.bincount(train_labels, minlength=num_labels) + 1.0
     with torch.no_grad():
         head.weight.mul_(0.1)
-        head.bias.copy_(torch.from_numpy(np.log(prior / prior.sum())).float())
+        if multi:
+            rate = (train_labels.sum(axis=0) + 1.0) / (len(train_labels) + 2.0)
+            head.bias.copy_(torch.from_numpy(np.log(rate / (1 - rate))).float())
+        else:
+            prior = np.bincount(train_labels, minlength=num_labels) + 1.0
+            head.bias.copy_(torch.from_numpy(np.log(prior / prior.sum())).float())
     only_embedding_head = torch.zeros(len(HEADS), device=dev)
     only_embedding_head[HEADS.index("joint" if tuned.joint_head is not None else "deep")] = 1.0
     tuned.head_weights = only_embedding_head
@@ -586,9 +644,9 @@ def chain_thaw(model: ContentModel, train_texts: Sequence[str], train_labels: np
     stages += [(f"layer{i}", [layer], layer_lr) for i, layer in enumerate(encoder_layers)]
     stages += [("head_again", [[head]], layer_lr), ("all", encoder_layers + [[head]], layer_lr)]
     rng = np.random.default_rng(tuned.config.seed)
-    y = torch.from_numpy(train_labels)
+    y = torch.from_numpy(train_labels.astype(np.float32) if multi else train_labels)
     report = {}
-    best_acc = _accuracy(tuned, val_f, val_labels)
+    best_acc = _transfer_score(tuned, val_f, val_labels)
     for name, groups, lr in stages:
         params = [p for group in groups for module in group for p in module.parameters()]
         for p in tuned.parameters():
@@ -601,8 +659,11 @@ def chain_thaw(model: ContentModel, train_texts: Sequence[str], train_labels: np
         for _ in range(max_epochs_per_stage):
             tuned.train()
             for indices, batch in iterate_batches(train_f, batch_size, rng.permutation(len(train_f))):
-                logits = tuned(batch.to(dev), deep_learns_from_joint=True)["embedding_logits"]
-                loss = F.cross_entropy(logits, y[indices].to(dev))
+                with autocast_for(tuned.config, dev):
+                    logits = tuned(batch.to(dev), deep_learns_from_joint=True)["embedding_logits"].float()
+                target = y[indices].to(dev)
+                loss = (F.binary_cross_entropy_with_logits(logits, target) if multi
+                        else F.cross_entropy(logits, target))
                 for opt, _ in opts:
                     opt.zero_grad(set_to_none=True)
                 loss.backward()
@@ -611,7 +672,7 @@ def chain_thaw(model: ContentModel, train_texts: Sequence[str], train_labels: np
                     nn.utils.clip_grad_norm_(dense, 1.0)
                 for opt, _ in opts:
                     opt.step()
-            acc = _accuracy(tuned, val_f, val_labels)
+            acc = _transfer_score(tuned, val_f, val_labels)
             if acc > best_acc:
                 best_acc, bad_epochs = acc, 0
                 best_state = {k: v.detach().clone() for k, v in tuned.state_dict().items()}
@@ -621,12 +682,17 @@ def chain_thaw(model: ContentModel, train_texts: Sequence[str], train_labels: np
                     break
         tuned.load_state_dict(best_state)
         report[name] = best_acc
-        tqdm.write(f"chain-thaw {name}: val accuracy {best_acc:.4f}")
+        tqdm.write(f"chain-thaw {name}: val {'class-average F1' if multi else 'accuracy'} {best_acc:.4f}")
     for p in tuned.parameters():
         p.requires_grad_(True)
     refresh_norm_statistics(tuned, train_f, seed=tuned.config.seed)
-    return tuned.eval(), {"val_accuracy_by_stage": report}
+    key = "val_class_average_f1_by_stage" if multi else "val_accuracy_by_stage"
+    return tuned.eval(), {key: report}
 
 
-def _accuracy(model: ContentModel, features: TextFeatures, labels: np.ndarray) -> float:
-    return float((run_model(model, features)["embedding_logits"].argmax(1) == labels).mean())
+def _transfer_score(model: ContentModel, features: TextFeatures, labels: np.ndarray) -> float:
+    """Accuracy (labels (N,)) or class-average F1 at logit 0 (labels 0/1 (N, L)) of the embedding head."""
+    logits = run_model(model, features)["embedding_logits"]
+    if labels.ndim == 2:
+        return class_average_f1(labels, logits)
+    return float((logits.argmax(1) == labels).mean())

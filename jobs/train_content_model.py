@@ -7,9 +7,12 @@
     Writes: --out PATH (model dir), or store models/content/<version> (model, vocab, labels, config,
             metrics.json, training_curve.png, and for posts the training rows under data/) and publishes it
 `content eval`      Reads a model and a TweetEval split; last stdout line: JSON macro_f1, accuracy, top5_accuracy
-`content probe`     Reads a model and a JSONL file {id, split, text, label}; logistic regression on frozen
-                    embeddings; last stdout line: JSON with accuracy (test split)
-`content finetune`  Same input; chain-thaw fine-tuning; writes --out; last stdout line: JSON with accuracy
+`content probe`     Reads a model and a JSONL file {id, split, text, label} (label: one name, or a list for
+                    multi-label sets, see encode_labels); logistic regression on frozen
+                    embeddings; last stdout line: JSON with accuracy (test split), or for multi-label sets
+                    class_average_f1 (one sigmoid per label, thresholds tuned on val, as DeepMoji)
+`content finetune`  Same input; chain-thaw fine-tuning; writes --out (and thresholds.json for multi-label
+                    sets); last stdout line: JSON with accuracy or class_average_f1
 """
 
 from __future__ import annotations
@@ -93,19 +96,50 @@ def read_labelled_jsonl(path: str) -> dict[str, tuple[list[str], list[Any]]]:
 
 
 def encode_labels(splits: dict[str, tuple[list[str], list[Any]]]) -> tuple[list[str], dict[str, tuple[list[str], np.ndarray]]]:
-    """Label names from the train split; every split's labels as indices.
+    """Label names from the train split; every split's labels as indices (N,), or for multi-label
+    sets as 0/1 rows (N, L).
+
+    A row's label is one name (``"label": 1``) or, for multi-label sets such as Olympic and SE0714,
+    a list: either the names that apply (``"label": ["fear", "joy"]``) or, as DeepMoji ships them, a
+    0/1 vector over the classes (every row a list of 0/1 of one length, e.g. ``[0, 1, 1]``; classes
+    are then named "0".."L-1").
 
     Raises:
-        ValueError: on a label in val/test that the train split does not have.
+        ValueError: on a label in val/test that the train split does not have, or a split mixing
+            single labels and lists.
     """
-    names = sorted({str(v) for v in splits["train"][1]})
+    rows = [label for _, labels in splits.values() for label in labels]
+    lists = [isinstance(label, list) for label in rows]
+    if any(lists) and not all(lists):
+        raise ValueError("labels mix single values and lists: a multi-label set needs a list on every row")
+    if not any(lists):
+        names = sorted({str(v) for v in splits["train"][1]})
+        index = {name: i for i, name in enumerate(names)}
+        encoded = {}
+        for split, (texts, labels) in splits.items():
+            unknown = sorted({str(v) for v in labels} - set(index))
+            if unknown:
+                raise ValueError(f"split {split!r} has label(s) {unknown[:5]} not in the train split's {names}")
+            encoded[split] = (texts, np.array([index[str(v)] for v in labels], dtype=np.int64))
+        return names, encoded
+    widths = {len(label) for label in rows}
+    if len(widths) == 1 and all(v in (0, 1) and not isinstance(v, bool) for label in rows for v in label) \
+            and widths != {1}:
+        width = widths.pop()
+        return [str(i) for i in range(width)], {
+            split: (texts, np.array(labels, dtype=np.int64).reshape(len(labels), width))
+            for split, (texts, labels) in splits.items()}
+    names = sorted({str(v) for label in splits["train"][1] for v in label})
     index = {name: i for i, name in enumerate(names)}
     encoded = {}
     for split, (texts, labels) in splits.items():
-        unknown = sorted({str(v) for v in labels} - set(index))
+        unknown = sorted({str(v) for label in labels for v in label} - set(index))
         if unknown:
             raise ValueError(f"split {split!r} has label(s) {unknown[:5]} not in the train split's {names}")
-        encoded[split] = (texts, np.array([index[str(v)] for v in labels], dtype=np.int64))
+        hot = np.zeros((len(labels), len(names)), dtype=np.int64)
+        for row, label in enumerate(labels):
+            hot[row, [index[str(v)] for v in label]] = 1
+        encoded[split] = (texts, hot)
     return names, encoded
 
 
@@ -271,18 +305,26 @@ def _handle_probe(args: argparse.Namespace, config: NearlineConfig) -> int:
 
 def _handle_finetune(args: argparse.Namespace, config: NearlineConfig) -> int:
     from embeddings.content_encoder import featurize, run_model, save_content_model
-    from embeddings.training import chain_thaw
+    from embeddings.training import chain_thaw, class_average_f1, tune_thresholds
 
     model, names, encoded = _probe_data(args, config)
     (train_texts, train_y), (val_texts, val_y) = _val_split(encoded, config.content.seed)
     tuned, report = chain_thaw(model, train_texts, train_y, val_texts, val_y, names,
                                max_epochs_per_stage=args.max_epochs_per_stage)
     test_texts, test_y = encoded["test"]
+    assert tuned.vocab is not None
     logits = run_model(tuned, featurize(test_texts, tuned.vocab, tuned.config))["embedding_logits"]
-    accuracy = float((logits.argmax(1) == test_y).mean())
     save_content_model(tuned, tuned.vocab, names, tuned.config, args.out)
-    print(json.dumps({"jsonl": args.jsonl, "out": args.out, "test_examples": len(test_texts),
-                      "accuracy": accuracy, **report}))
+    if test_y.ndim == 2:
+        # Multi-label: one threshold per label, tuned on val (never on test), then class-average F1.
+        val_logits = run_model(tuned, featurize(val_texts, tuned.vocab, tuned.config))["embedding_logits"]
+        thresholds = tune_thresholds(val_y, val_logits)
+        with open(os.path.join(args.out, "thresholds.json"), "w", encoding="utf-8") as f:
+            json.dump(dict(zip(names, thresholds.tolist(), strict=True)), f, ensure_ascii=False)
+        metric = {"class_average_f1": class_average_f1(test_y, logits, thresholds)}
+    else:
+        metric = {"accuracy": float((logits.argmax(1) == test_y).mean())}
+    print(json.dumps({"jsonl": args.jsonl, "out": args.out, "test_examples": len(test_texts), **metric, **report}))
     return 0
 
 

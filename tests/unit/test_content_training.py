@@ -177,3 +177,66 @@ def test_training_starts_from_a_pretrained_model_and_refuses_a_mismatch(rng, tmp
     with pytest.raises(ValueError, match="vocabulary mismatch.*not the pre-trained model's"):
         train_content_model(tiny_train_config(), texts, y, texts, y, ["a", "b", "c"], str(tmp_path / "x"),
                             device="cpu", init_model=pretrained, vocab=other_vocab)
+
+
+def multilabel_task(rng: np.random.Generator, n: int):
+    """Texts holding words of one to three of the WORDS classes; the label row marks which."""
+    labels = (rng.random((n, 3)) < 0.4).astype(np.int64)
+    labels[labels.sum(axis=1) == 0, rng.integers(0, 3)] = 1
+    filler = ["the", "a", "today", "so", "we"]
+    texts = [" ".join([w for k in np.flatnonzero(row) for w in rng.choice(WORDS[int(k)], 2).tolist()]
+                      + rng.choice(filler, 3).tolist()) for row in labels]
+    return texts, labels
+
+
+def test_class_average_f1_and_thresholds_on_a_hand_example():
+    from embeddings.training import class_average_f1, tune_thresholds
+
+    truth = np.array([[1, 0], [1, 1], [0, 1], [0, 0]])
+    scores = np.array([[2.0, -1.0], [0.5, 0.2], [-1.0, 0.1], [-2.0, -0.5]])
+    assert class_average_f1(truth, scores) == pytest.approx(1.0)
+    assert class_average_f1(truth, scores, 1.0) == pytest.approx((2 / 3 + 0) / 2)
+    thresholds = tune_thresholds(truth, scores - 1.0)  # shifted scores: tuning recovers a perfect cut
+    assert class_average_f1(truth, scores - 1.0, thresholds) == pytest.approx(1.0)
+
+
+def test_multi_label_probe_and_chain_thaw_use_one_sigmoid_per_label(rng, tmp_path):
+    from embeddings.training import class_average_f1, linear_probe, tune_thresholds
+
+    texts, y = synthetic_task(rng, 200)
+    pretrained = train_content_model(tiny_train_config(epochs=3), texts, y, texts, y, ["sun", "rain", "cake"],
+                                     str(tmp_path), device="cpu").model
+    train_texts, train_y = multilabel_task(rng, 200)
+    val_texts, val_y = multilabel_task(rng, 60)
+    test_texts, test_y = multilabel_task(rng, 60)
+    probe = linear_probe(encode_texts(pretrained, train_texts), train_y, encode_texts(pretrained, val_texts), val_y,
+                         encode_texts(pretrained, test_texts), test_y)
+    assert probe["class_average_f1"] > 0.8
+    tuned, report = chain_thaw(pretrained, train_texts, train_y, val_texts, val_y, ["sun", "rain", "cake"],
+                               max_epochs_per_stage=4, patience=2, head_lr=1e-2, layer_lr=1e-3, batch_size=16,
+                               device="cpu")
+    from embeddings.content_encoder import featurize, run_model
+
+    def logits(texts):
+        return run_model(tuned, featurize(texts, tuned.vocab, tuned.config))["embedding_logits"]
+
+    assert report["val_class_average_f1_by_stage"]["all"] > 0.8
+    thresholds = tune_thresholds(val_y, logits(val_texts))
+    assert class_average_f1(test_y, logits(test_texts), thresholds) > 0.8
+    with pytest.raises(ValueError, match="multi-label targets must be 0/1"):
+        chain_thaw(pretrained, train_texts, train_y * 2, val_texts, val_y, ["a", "b", "c"], device="cpu")
+
+
+def test_multi_label_jsonl_labels_as_names_or_as_deepmoji_vectors():
+    from jobs.train_content_model import encode_labels
+
+    names, encoded = encode_labels({"train": (["a", "b"], [["joy", "fear"], ["joy"]]),
+                                    "test": (["c"], [["fear"]])})
+    assert names == ["fear", "joy"]
+    assert encoded["train"][1].tolist() == [[1, 1], [0, 1]] and encoded["test"][1].tolist() == [[1, 0]]
+    names, encoded = encode_labels({"train": (["a", "b"], [[0, 1, 1], [1, 0, 0]]), "test": (["c"], [[0, 0, 1]])})
+    assert names == ["0", "1", "2"] and encoded["test"][1].tolist() == [[0, 0, 1]]
+    with pytest.raises(ValueError, match="mix single values and lists"):
+        encode_labels({"train": (["a", "b"], [1, [0, 1]]), "test": (["c"], [1])})
+    with pytest.raises(ValueError, match="not in the train split"):
+        encode_labels({"train": (["a"], [["joy"]]), "test": (["c"], [["anger"]])})
