@@ -336,7 +336,7 @@ def _batching_and_swaps(spec, base: str, store: Store, first: dict, second: dict
     batching["unbatched"] = asyncio.run(_closed_loop(base, recommend_paths, top, args.seconds))
     batching["unbatched"]["mean_batch_size"] = _mean_batch_size(before, _batch_totals(base, "recommend"))
     batching["gain"] = round(batching["batched"]["qps"] / max(batching["unbatched"]["qps"], 1e-9), 2)
-    start_local(spec, user_config={"max_batch_size": 64, "batch_wait_timeout_s": 0.002})
+    start_local(spec, user_config={"max_batch_size": 64, "batch_wait_timeout_s": 0.0})
     _wait_batching(base, 64)
     print("batching:", {k: v if isinstance(v, float) else v["qps"] for k, v in batching.items()})
 
@@ -396,6 +396,9 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16, 32])
     parser.add_argument("--content-dim", type=int, default=64)
     parser.add_argument(
+        "--replicas", type=int, default=2, help="serving replicas (one per core of this 2-core box by default)"
+    )
+    parser.add_argument(
         "--ingress", nargs="+", default=["haproxy", "proxy"], choices=["haproxy", "proxy"],
         help="ingress modes to measure, side by side (the first also runs batching, swap and rollback)",
     )
@@ -449,13 +452,15 @@ def main() -> None:
         "sizes": sizes,
         "in_process": in_process,
         "in_process_batching": in_process_batching,
+        "replicas": args.replicas,
         "ingress": {},
     }
     # The default ingress first: the batching, hot swap and rollback measurements run on it.
     modes = [args.ingress[0]] + [m for m in args.ingress[1:] if m != args.ingress[0]]
     for mode in modes:
         config = ServeConfig(
-            port=_free_port(), poll_interval_s=1.0, warmup_queries=16, max_recommend_candidates=2000, ingress=mode
+            port=_free_port(), poll_interval_s=1.0, warmup_queries=16, max_recommend_candidates=2000, ingress=mode,
+            num_replicas=args.replicas,
         )
         spec = app_spec(store_root, config, index_configs)
         metrics_port = _free_port()
@@ -539,7 +544,8 @@ def _markdown(result: dict) -> str:
         "# Serving benchmark",
         "",
         f"Dataset `{result['dataset']}`: {result['sizes']['users']} users, {result['sizes']['posts']} posts, "
-        f"content dim {result['sizes']['content_dim']}; IVF Flat indexes; one replica holding both sides; "
+        f"content dim {result['sizes']['content_dim']}; IVF Flat indexes; {result['replicas']} replica(s), each holding both sides "
+        "(batch sizes and the batching counters are one replica's); "
         f"2 shared CPU cores for server and load generator. `python -m bench.serve` ({result['bench_seconds']} s).",
         "",
         "| ingress | endpoint | clients | p50 ms | p99 ms | QPS | errors | mean batch |",

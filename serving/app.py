@@ -132,22 +132,22 @@ class Nearline(ServingFrontend):
         totals[1] += size
 
     # ---- one call per batch of concurrent callers (the ServingFrontend hooks, batched)
-    @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.002)
+    @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.0)
     async def _candidates_batch(self, queries: list[CandidateQuery]) -> list[Any]:  # type: ignore[override]
         self._observe_batch("candidates", len(queries))
         return self.state.candidates(queries)
 
-    @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.002)
+    @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.0)
     async def _neighbors_batch(self, queries: list[NeighborQuery]) -> list[Any]:  # type: ignore[override]
         self._observe_batch("neighbors", len(queries))
         return self.state.neighbors(queries)
 
-    @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.002)
+    @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.0)
     async def _rank_batch(self, queries: list[RankQuery]) -> list[Any]:  # type: ignore[override]
         self._observe_batch("rank", len(queries))
         return self.state.rank(queries)
 
-    @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.002)
+    @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.0)
     async def _recommend_batch(self, queries: list[RecommendQuery]) -> list[Any]:  # type: ignore[override]
         self._observe_batch("recommend", len(queries))
         return self.state.recommend(queries)

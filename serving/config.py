@@ -25,7 +25,14 @@ class BatchingConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     max_batch_size: PositiveInt = Field(64, description="Requests merged into one FAISS/ranker call.")
-    batch_wait_timeout_s: float = Field(0.002, ge=0, description="How long a batch waits to fill.")
+    batch_wait_timeout_s: float = Field(
+        0.0,
+        ge=0,
+        description=(
+            "How long a batch waits to fill. 0 batches what queued while the previous batch ran: no wait at "
+            "low load, full batches under load (bench/serve.py)."
+        ),
+    )
 
 
 class ServeConfig(BaseModel):
