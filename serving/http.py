@@ -29,7 +29,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from serving.api import INT64_MAX, SOURCES, parse_sources
+from serving.api import INT64_MAX, SOURCES
 from serving.config import ServeConfig
 from serving.errors import RequestError
 
@@ -38,7 +38,7 @@ PostId = Annotated[int, Field(ge=0, le=INT64_MAX)]
 
 
 class Frontend(Protocol):
-    async def candidates(self, user_id: int, k: int | None, sources: tuple[str, ...]) -> list[dict]: ...
+    async def candidates(self, user_id: int, k: int | None, sources: str | None) -> list[dict]: ...
     async def neighbors(self, k: int | None, vector: list[float] | None, post_id: int | None) -> list[dict]: ...
     async def rank(self, user_id: int, post_ids: list[int]) -> list[dict]: ...
     async def recommend(self, user_id: int, k: int | None, num_candidates: int | None) -> list[dict]: ...
@@ -242,7 +242,7 @@ def build_http_api(
             str | None, Query(description=f"Comma list of {', '.join(SOURCES)}, or 'all' (default).")
         ] = None,
     ) -> Any:
-        items = await frontend.candidates(user_id, k, parse_sources(sources))
+        items = await frontend.candidates(user_id, k, sources)
         return {"user_id": user_id, "candidates": items}
 
     @app.post("/v1/neighbors", response_model=NeighborsResponse, responses=_ERRORS)

@@ -18,11 +18,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from serving.api import (
-    SOURCES,
     CandidateQuery,
     NeighborQuery,
     RankQuery,
     parse_k,
+    parse_sources,
     parse_user_id,
     validate_neighbors,
     validate_rank,
@@ -33,7 +33,7 @@ from serving.hot_swap import BundleHolder
 from serving.index_side import IndexBundle, load_index_bundle
 from serving.lineage import INDEX_POINTERS, RANKER_POINTERS, read_pointers
 from serving.ranker_side import RankerBundle, load_ranker_bundle
-from serving.recommend import rank_queries_for, rank_response, recommendations
+from serving.recommend import rank_candidates, rank_response
 from storage.store import Store
 
 
@@ -126,10 +126,9 @@ class ServingState:
 
     def recommend(self, queries: Sequence[RecommendQuery]) -> list[Any]:
         index, ranker = self._index(), self._ranker()
-        candidate_lists = index.candidates([CandidateQuery(q.user_id, q.num_candidates, SOURCES) for q in queries])
-        to_rank, rank_queries = rank_queries_for([q.user_id for q in queries], candidate_lists)
-        ranked = ranker.rank(rank_queries) if rank_queries else []
-        return recommendations(candidate_lists, to_rank, ranked, [q.k for q in queries])
+        sources = tuple(self.spec.serve.candidate_sources)
+        candidate_lists = index.candidates([CandidateQuery(q.user_id, q.num_candidates, sources) for q in queries])
+        return rank_candidates(ranker, [q.user_id for q in queries], candidate_lists, [q.k for q in queries])
 
     def versions(self) -> dict[str, Any]:
         serving: dict[str, dict] = {}
@@ -175,15 +174,22 @@ class ServingFrontend:
         return self.state.recommend([query])[0]
 
     async def candidates(
-        self, user_id: int, k: int | str | None = None, sources: Sequence[str] = SOURCES
+        self, user_id: int, k: int | str | None = None, sources: Sequence[str] | str | None = None
     ) -> list[dict]:
         """Candidates for a user: [{post_id, source, score, scores}], seen posts excluded.
 
+        Args:
+            sources: source names or a ``?sources=`` string; default every enabled source.
+
         Raises:
-            RequestError: 422 bad user id or k, 404 unknown user.
+            RequestError: 422 bad user id, k or source, 404 unknown user.
         """
         config = self.state.spec.serve
-        query = CandidateQuery(parse_user_id(user_id), parse_k(k, config.default_k, config.max_k), tuple(sources))
+        if sources is None or isinstance(sources, str):
+            sources = parse_sources(sources, enabled=config.candidate_sources)
+        else:
+            sources = parse_sources(",".join(sources), enabled=config.candidate_sources)
+        query = CandidateQuery(parse_user_id(user_id), parse_k(k, config.default_k, config.max_k), sources)
         return _raise_error(await self._candidates_batch(query))
 
     async def neighbors(
