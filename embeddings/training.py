@@ -578,6 +578,7 @@ def linear_probe(train_embeddings: np.ndarray, train_labels: np.ndarray, val_emb
             best = (score, c, clf, thresholds)
     val_score, c, clf, thresholds = best
     if multi:
+        assert thresholds is not None
         return {"class_average_f1": class_average_f1(test_labels, clf.decision_function(test_embeddings), thresholds),
                 "val_class_average_f1": val_score, "C": c}
     return {"accuracy": float((clf.predict(test_embeddings) == test_labels).mean()), "val_accuracy": val_score,
