@@ -19,7 +19,8 @@ from pathlib import Path
 
 from jobs.config import NearlineConfig, SparkConfig
 
-PACKAGES = ("jobs", "embeddings", "retrieval", "ranking")
+# Every package a job may import on the driver or in an executor (serving: the Ray-free serving tables and eval code).
+PACKAGES = ("jobs", "embeddings", "retrieval", "ranking", "serving", "storage")
 
 
 def build_code_zip(repo_root: Path, out_dir: Path) -> Path:
