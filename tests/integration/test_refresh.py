@@ -148,7 +148,7 @@ def test_full_store_disk_fails_cleanly(spark, first_run, refresh_config, tmp_pat
     mount_point = tmp_path / "small-disk"
     mount_point.mkdir()
     used_kb = int(subprocess.run(["du", "-sk", config.store.root], capture_output=True, text=True).stdout.split()[0])
-    # Room for the run records, not for a new exact content index (~180 kB here).
+    # Room for the run records, not for a new HNSW content index (its graph alone is ~350 kB here).
     mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={used_kb + 48}k", "tmpfs", str(mount_point)],
                              capture_output=True, text=True)
     if mounted.returncode != 0:
@@ -160,7 +160,7 @@ def test_full_store_disk_fails_cleanly(spark, first_run, refresh_config, tmp_pat
         full = config.model_copy(update={
             "store": config.store.model_copy(update={"root": str(mount_point / "store")}),
             "indexes": {**config.indexes,
-                        "content": config.indexes["content"].model_copy(update={"factory_string": "Flat"})},
+                        "content": config.indexes["content"].model_copy(update={"factory_string": "HNSW32"})},
         })
         record = run_refresh(full, spark)
         assert record["outcome"] == "failed"
