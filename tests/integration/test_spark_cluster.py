@@ -221,6 +221,9 @@ def test_generate_on_the_cluster_matches_local_mode(standalone_cluster, tiny_dat
     assert_same_files(Path(tiny_dataset.data.path), out)
 
 
+# The whole chain of store jobs, each its own spark-submit: 5 minutes on a quiet 2-core box, twice that when
+# the cores are shared, which the suite-wide 600 s limit would cut short.
+@pytest.mark.timeout(1500)
 def test_every_store_job_on_the_cluster_matches_local_mode(standalone_cluster, local_chain, tmp_path):
     config_file, local_store = local_chain
     config_args = ["--config", str(config_file), "--set", f"store.root={tmp_path / 'store'}"]
