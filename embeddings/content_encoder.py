@@ -460,8 +460,11 @@ def load_content_model(directory: str, device: str | torch.device | None = None)
     with open(os.path.join(directory, "labels.json"), encoding="utf-8") as f:
         labels = json.load(f)
     vocab = load_vocabulary(os.path.join(directory, "vocab.json"))
-    model = ContentModel(config, int(blob["vocab_size"]), int(blob["num_labels"]))
-    model.load_state_dict(blob["state_dict"])
+    # Built on the meta device: randomly initialising tables of millions of rows only to overwrite them
+    # took longer than encoding a batch; the loaded tensors are assigned instead.
+    with torch.device("meta"):
+        model = ContentModel(config, int(blob["vocab_size"]), int(blob["num_labels"]))
+    model.load_state_dict(blob["state_dict"], assign=True)
     model.vocab, model.labels = vocab, list(labels)
     return model.to(resolve_device(device)).eval()
 
