@@ -21,12 +21,15 @@ import argparse
 import json
 import os
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from jobs.cli import positive_int
 from jobs.config import NearlineConfig
+
+if TYPE_CHECKING:
+    from embeddings.content_encoder import ContentModel
 
 TWEETEVAL_SPLITS = ("train", "val", "test")
 
@@ -171,7 +174,7 @@ def resolve_model_dir(model: str, config: NearlineConfig) -> str:
 
 
 # ---------------------------------------------------------------- train
-def load_init_model(config: NearlineConfig):  # noqa: ANN201 - ContentModel | None (torch imported lazily)
+def load_init_model(config: NearlineConfig) -> ContentModel | None:
     """The model named by content.init_from (e.g. a `content pretrain` output), or None."""
     from embeddings.content_encoder import load_content_model
 
