@@ -13,7 +13,9 @@ and is counted, not scored. An empty period is an error, never a NaN.
 
 Lists compared per user, each without the posts the user had already seen:
 - recommend: IndexBundle.candidates (--num-candidates, every enabled source, fused) ranked by
-  RankerBundle.rank, top k: ``serving.recommend.rank_candidates``, the code /v1/recommend runs;
+  RankerBundle.rank and, when serve.recommend_blend is set, ordered by the blend, top k: the functions
+  /v1/recommend runs (``serving.recommend``);
+- ranker (only with a blend): the same candidates ordered by the ranker's score alone;
 - candidates: those fused candidates in their own order (what recommend would be without a ranker);
 - each enabled source alone (IndexBundle.candidates with that source only);
 - popularity: the posts with the most positive engagements up to the snapshot;
@@ -25,6 +27,10 @@ first held-out post in the top k, 0 if none). "eligible" recall counts only held
 at the snapshot: a post created later is in no index built before it. The contribution table says,
 for recommend's top k, how many items and hits each source was the main contributor of, and how many
 hits no other source found.
+
+--fit-fusion fits what a serving set needs from a validation period: the per-source hit rates, then
+the recommend blend (serving/blend.py) on the candidates fused with those new rates, every candidate of
+every evaluated user a row, labelled by engagement in the period.
 
 ``nearline eval split`` writes the part of a dataset before a time (a training snapshot) for data
 that, like Twitter15, comes as one file rather than as daily snapshots.
@@ -51,12 +57,13 @@ from jobs.cli import positive_int
 from jobs.config import NearlineConfig
 from jobs.contract import POSITIVE_EVENTS
 from serving.api import CandidateQuery
+from serving.blend import RecommendBlend, blend_features, fit_blend
 from serving.candidates import NUM_RANK_BUCKETS, rank_buckets, top_unseen
 from serving.errors import RequestError
 from serving.index_side import IndexBundle, load_index_bundle
 from serving.lineage import INDEX_POINTERS, RANKER_POINTERS, read_pointers
-from serving.ranker_side import load_ranker_bundle
-from serving.recommend import rank_candidates
+from serving.ranker_side import RankerBundle, load_ranker_bundle
+from serving.recommend import Blending, rank_queries_for, recommendations
 from storage.store import Store
 
 DEFAULT_KS = (50, 100, 500)
@@ -303,15 +310,15 @@ def evaluate(
             f"--num-candidates must be between 1 and serve.max_recommend_candidates="
             f"{config.serve.max_recommend_candidates}, got {num_candidates}"
         )
-    store = Store(config.store.root)
-    index = load_index_bundle(store, read_pointers(store, INDEX_POINTERS), config.serve, config.indexes)
-    ranker = load_ranker_bundle(store, read_pointers(store, RANKER_POINTERS), config.serve)
+    index, ranker = load_bundles(config)
+    blend = RecommendBlend.from_config(config.serve.recommend_blend)
+    blending = None if blend is None else Blending(blend, index.posts)
     period = evaluation_period(holdout_path, index.posts.snapshot_us, period_hours)
     known = known_users(index, period, config.store.root)
     rng = np.random.default_rng(seed)
     users = sample_users(known, max_users, rng)
     sources = index.sources.enabled
-    names = ("recommend", "candidates", *sources, *BASELINES)
+    names = ("recommend", *(("ranker",) if blending else ()), "candidates", *sources, *BASELINES)
     depth = ks[-1]
     table = MetricTable(names, ks)
     segments = {"with_history": MetricTable(names, ks), "without_history": MetricTable(names, ks)}
@@ -323,12 +330,18 @@ def evaluate(
     for start in range(0, len(users), BATCH_USERS):
         batch = users[start : start + BATCH_USERS]
         fused = index.candidates([CandidateQuery(u, num_candidates) for u in batch])
-        recommended = rank_candidates(ranker, batch, fused, [depth] * len(batch))
+        # rank_candidates' two steps, so the ranker scores once for both the blended and the ranker order.
+        to_rank, queries = rank_queries_for(batch, fused)
+        ranked = ranker.rank(queries) if queries else []
+        recommended = recommendations(fused, to_rank, ranked, [depth] * len(batch), blending)
+        by_ranker = recommendations(fused, to_rank, ranked, [depth] * len(batch)) if blending else None
         compared = comparison_lists(index, batch, fused, depth, popular, rng)
         for i, user in enumerate(batch):
             truth = period.truth[user]
             eligible = truth[np.isin(truth, index.posts.post_ids)]
             lists = {"recommend": _ids(recommended[i]), **compared[i]}
+            if by_ranker is not None:
+                lists["ranker"] = _ids(by_ranker[i])
             table.add(lists, truth, eligible)
             segments["with_history" if len(index.lists.seen.get(user)) else "without_history"].add(
                 lists, truth, eligible
@@ -364,6 +377,8 @@ def evaluate(
         "num_candidates": num_candidates,
         "sources": list(sources),
         "fusion": "learned hit rates" if index.sources.hit_rates is not None else "reciprocal-rank (k=60)",
+        "recommend_order": "blend" if blending else "ranker",
+        "recommend_blend": None if blend is None else blend.to_config().model_dump(),
         "fusion_hit_rates": None
         if index.sources.hit_rates is None
         else {s: list(r) for s, r in index.sources.hit_rates.items()},
@@ -397,6 +412,59 @@ def evaluate(
     }
     hit_rates = {s: fit_hit_rates(per_source_lists[s], truths) for s in sources}
     return report, hit_rates
+
+
+def load_bundles(config: NearlineConfig) -> tuple[IndexBundle, RankerBundle]:
+    """The serving set CURRENT in config.store.root, as serving loads it."""
+    store = Store(config.store.root)
+    index = load_index_bundle(store, read_pointers(store, INDEX_POINTERS), config.serve, config.indexes)
+    ranker = load_ranker_bundle(store, read_pointers(store, RANKER_POINTERS), config.serve)
+    return index, ranker
+
+
+def blend_rows(
+    index: IndexBundle,
+    ranker: RankerBundle,
+    users: Sequence[int],
+    period: EvaluationPeriod,
+    num_candidates: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Every candidate of every user as a blend row: (features float64 (N, F), engaged in the period bool (N,))."""
+    features, labels = [], []
+    for start in range(0, len(users), BATCH_USERS):
+        batch = users[start : start + BATCH_USERS]
+        fused = index.candidates([CandidateQuery(u, num_candidates) for u in batch])
+        to_rank, queries = rank_queries_for(batch, fused)
+        for i, scored in zip(to_rank, ranker.rank(queries) if queries else [], strict=True):
+            if isinstance(scored, RequestError):
+                raise scored  # the users were checked to be known: an error here is a bug, not bad input
+            features.append(blend_features(fused[i], scored["rank_score"], index.posts))  # type: ignore[arg-type]
+            labels.append(np.isin(scored["post_ids"], period.truth[batch[i]]))
+    if not features:
+        raise ValueError("no evaluated user has a candidate: nothing to fit the recommend blend on")
+    return np.concatenate(features), np.concatenate(labels)
+
+
+def fit_recommend_blend(
+    config: NearlineConfig,
+    holdout_path: str,
+    hit_rates: Mapping[str, Sequence[float]],
+    num_candidates: int = 500,
+    max_users: int = 2000,
+    period_hours: float | None = None,
+    seed: int = 0,
+) -> tuple[RecommendBlend, dict[str, int]]:
+    """Fit the recommend blend on this period, with candidates fused by ``hit_rates`` (the ones it will serve with).
+
+    Returns:
+        The blend, and its training rows' counts {"rows", "positives"}.
+    """
+    config = with_hit_rates(config, hit_rates)
+    index, ranker = load_bundles(config)
+    period = evaluation_period(holdout_path, index.posts.snapshot_us, period_hours)
+    users = sample_users(known_users(index, period, config.store.root), max_users, np.random.default_rng(seed))
+    features, labels = blend_rows(index, ranker, users, period, num_candidates)
+    return fit_blend(features, labels), {"rows": len(labels), "positives": int(labels.sum())}
 
 
 def _ratio(metrics: Mapping[str, Mapping[str, float]], a: str, b: str, metric: str) -> float | None:
@@ -472,13 +540,28 @@ def write_time_split(data_path: str, until: str, out: str) -> dict[str, int]:
     return counts
 
 
+def with_serve_settings(config: NearlineConfig, settings: Mapping[str, Any]) -> NearlineConfig:
+    """The config with these serve settings replaced (validated as serve config)."""
+    serve = type(config.serve).model_validate({**config.serve.model_dump(), **settings})
+    return config.model_copy(update={"serve": serve})
+
+
+def with_hit_rates(config: NearlineConfig, hit_rates: Mapping[str, Sequence[float]]) -> NearlineConfig:
+    return with_serve_settings(config, {"fusion_hit_rates": {s: list(r) for s, r in hit_rates.items()}})
+
+
 def with_fusion_file(config: NearlineConfig, path: str | None) -> NearlineConfig:
-    """The config with serve.fusion_hit_rates from a --fit-fusion file (unchanged when path is None)."""
+    """The config with serve.fusion_hit_rates and serve.recommend_blend from a --fit-fusion file.
+
+    Unchanged when path is None; a file without a blend (written before there was one) leaves
+    recommend ordered by the ranker.
+    """
     if path is None:
         return config
-    rates = json.loads(Path(path).read_text())["fusion_hit_rates"]
-    serve = type(config.serve).model_validate({**config.serve.model_dump(), "fusion_hit_rates": rates})
-    return config.model_copy(update={"serve": serve})
+    fitted = json.loads(Path(path).read_text())
+    return with_serve_settings(
+        config, {"fusion_hit_rates": fitted["fusion_hit_rates"], "recommend_blend": fitted.get("recommend_blend")}
+    )
 
 
 def _handle_recommend(args: argparse.Namespace, config: NearlineConfig) -> int:
@@ -494,14 +577,21 @@ def _handle_recommend(args: argparse.Namespace, config: NearlineConfig) -> int:
     print(render(report))
     print(f"wrote {out} ({report['seconds']:.0f} s)")
     if args.fit_fusion:
+        blend, rows = fit_recommend_blend(
+            config, args.holdout_data, hit_rates, args.num_candidates, args.max_users, args.period_hours
+        )
         fitted = {
             "fusion_hit_rates": hit_rates,
+            "recommend_blend": blend.to_config().model_dump(),
             "fitted_on": {"store": config.store.root, "holdout_data": args.holdout_data, **report["period"],
-                          "users": report["users"], "versions": report["versions"]["index"]},
+                          "users": report["users"], "blend_rows": rows, "versions": report["versions"]},
         }
         Path(args.fit_fusion).parent.mkdir(parents=True, exist_ok=True)
         Path(args.fit_fusion).write_text(json.dumps(fitted, indent=2, default=str))
-        print(f"wrote the hit rates of this period to {args.fit_fusion} (serve.fusion_hit_rates)")
+        print(
+            f"wrote this period's hit rates and recommend blend ({rows['rows']:,} candidates, {rows['positives']:,} "
+            f"engaged) to {args.fit_fusion} (serve.fusion_hit_rates, serve.recommend_blend)"
+        )
     return 0
 
 
@@ -520,7 +610,9 @@ def add_commands(kinds: argparse._SubParsersAction) -> None:
     recommend.add_argument("--max-users", type=positive_int, default=2000)
     recommend.add_argument("--period-hours", type=float, help="evaluate this long after the snapshot (default: all)")
     recommend.add_argument("--fusion", help="a --fit-fusion file whose hit rates replace serve.fusion_hit_rates")
-    recommend.add_argument("--fit-fusion", metavar="FILE", help="also write this period's per-source hit rates")
+    recommend.add_argument(
+        "--fit-fusion", metavar="FILE", help="also fit and write this period's per-source hit rates and recommend blend"
+    )
     recommend.add_argument("--name", default="dataset", help="label stored in the report")
     recommend.add_argument("--out", default="reports/recommend.json")
     recommend.set_defaults(handler=_handle_recommend)

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-from typing import Any, Literal
+import math
+from typing import Any, Literal, get_args
 
 from pydantic import (
     BaseModel,
@@ -13,12 +14,50 @@ from pydantic import (
     PositiveFloat,
     PositiveInt,
     field_validator,
+    model_validator,
 )
 
 from retrieval.config import IndexConfig
 
 # The candidate sources (serving/candidates.py says what each one returns).
 SourceName = Literal["content", "collaborative", "trending", "followed"]
+
+# What the recommend blend (serving/blend.py) reads of each candidate, in the order of its weights.
+BLEND_FEATURES: tuple[str, ...] = (
+    "log_rank_score",
+    "log_fused_score",
+    "age_hours",
+    "log1p_engagements",
+    *(f"in_{source}" for source in get_args(SourceName)),
+)
+
+
+class RecommendBlendConfig(BaseModel):
+    """A fitted recommend blend (``nearline eval recommend --fit-fusion`` writes it): one value per feature."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    features: list[str]
+    weights: list[float]
+    mean: list[float]
+    scale: list[float]
+
+    @model_validator(mode="after")
+    def _matches_features(self) -> RecommendBlendConfig:
+        if self.features != list(BLEND_FEATURES):
+            raise ValueError(
+                f"recommend_blend.features must be {list(BLEND_FEATURES)} (in that order), got {self.features}: "
+                "refit it with `nearline eval recommend --fit-fusion`"
+            )
+        for name in ("weights", "mean", "scale"):
+            values = getattr(self, name)
+            if len(values) != len(BLEND_FEATURES) or not all(math.isfinite(v) for v in values):
+                raise ValueError(
+                    f"recommend_blend.{name} must hold {len(BLEND_FEATURES)} finite numbers, one per feature, got {values}"
+                )
+        if not all(v > 0 for v in self.scale):
+            raise ValueError(f"recommend_blend.scale must be positive, got {self.scale}")
+        return self
 
 
 class BatchingConfig(BaseModel):
@@ -105,6 +144,11 @@ class ServeConfig(BaseModel):
         None,
         description="Per source, 12 hit rates by log2 rank bucket, learned on a validation period by "
         "`nearline eval recommend --fit-fusion`; None: reciprocal-rank fusion.",
+    )
+    recommend_blend: RecommendBlendConfig | None = Field(
+        None,
+        description="The learned blend that orders /v1/recommend (ranker score with retrieval features), fitted "
+        "with the fusion rates by `nearline eval recommend --fit-fusion`; None: order by the ranker's score.",
     )
     require_lineage: bool = Field(
         True,

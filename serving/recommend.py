@@ -1,48 +1,60 @@
-"""The recommend pipeline: candidates -> which to rank -> ranker scores -> top k.
+"""The recommend pipeline: candidates -> which to rank -> ranker scores -> (blend) -> top k.
 
-Order: by the ranker's uncalibrated task-weighted score (``rank_score``). The calibrated score
-(``score``, kept under its old name) is isotonic, a step function that gives whole ranges of model
-outputs one value, so ordering by it made many candidates tie and fall back to retrieval order.
-Every item carries both; only posts the model scores identically keep their candidate order.
+Order: by the learned blend of the ranker's score with the candidates' retrieval features
+(``blend_score``, serving/blend.py) when ``serve.recommend_blend`` is set, else by the ranker's
+uncalibrated task-weighted score (``rank_score``). Never by the calibrated score (``score``, kept under
+its old name): it is isotonic, a step function that gives whole ranges of model outputs one value, so
+ordering by it made many candidates tie and fall back to retrieval order. Every item carries all three;
+blend ties go to rank_score, and only posts the model scores identically keep their candidate order.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from serving.api import SOURCES, CandidateQuery, RankQuery
+from serving.arrays import PostCatalog
+from serving.blend import RecommendBlend, blend_features
 from serving.errors import RequestError
 from serving.index_side import IndexBundle
 from serving.ranker_side import RankerBundle
 
 
 def select_top(
-    candidates: Sequence[Mapping[str, Any]], scored: Mapping[str, np.ndarray], k: int
+    candidates: Sequence[Mapping[str, Any]],
+    scored: Mapping[str, np.ndarray],
+    k: int,
+    blend_score: np.ndarray | None = None,
 ) -> list[dict[str, Any]]:
-    """The k best candidates by the ranker's rank_score, each with its candidate source and retrieval score.
+    """The k best candidates, each with its candidate source and retrieval score.
 
     Args:
         candidates: candidate dicts (post_id, source, score, ...), row-aligned with the scores.
         scored: RankerBundle.rank's result for them: "rank_score" and "score" float (C,).
         k: items wanted.
+        blend_score: float (C,) the blend's log-odds (the order), or None to order by rank_score.
 
     Returns:
-        Up to k dicts {post_id, score (calibrated), rank_score (the order), source, retrieval_score},
-        rank_score descending; candidates the ranker could not score (-inf) are left out.
+        Up to k dicts {post_id, score (calibrated), rank_score, blend_score (None without a blend),
+        source, retrieval_score}, best first; candidates the ranker could not score (-inf) are left out.
     """
     rank_score = np.asarray(scored["rank_score"])
     score = np.asarray(scored["score"])
-    # Stable: equal rank scores (the model cannot tell the posts apart) keep the candidate order.
-    order = np.argsort(-rank_score, kind="stable")[:k]
-    order = order[np.isfinite(rank_score[order])]
+    position = np.arange(len(rank_score))
+    # Ties (the model cannot tell the posts apart) go to rank_score, then keep the candidate order.
+    keys = (position, -rank_score) if blend_score is None else (position, -rank_score, -blend_score)
+    order = np.lexsort(keys)
+    order = order[np.isfinite(rank_score[order])][:k]
     return [
         {
             "post_id": candidates[i]["post_id"],
             "score": float(score[i]),
             "rank_score": float(rank_score[i]),
+            "blend_score": None if blend_score is None else float(blend_score[i]),
             "source": candidates[i]["source"],
             "retrieval_score": candidates[i]["score"],
         }
@@ -70,20 +82,33 @@ def rank_queries_for(
     return to_rank, queries
 
 
+@dataclass(frozen=True)
+class Blending:
+    """The blend and the catalog its features read (the index side's, for the candidates' posts)."""
+
+    blend: RecommendBlend
+    posts: PostCatalog
+
+    def score(self, candidates: Sequence[Mapping[str, Any]], scored: Mapping[str, np.ndarray]) -> np.ndarray:
+        return self.blend.score(blend_features(candidates, np.asarray(scored["rank_score"]), self.posts))
+
+
 def recommendations(
     candidate_lists: Sequence[list[dict[str, Any]] | RequestError],
     to_rank: Sequence[int],
     ranked: Sequence[Mapping[str, np.ndarray] | RequestError],
     ks: Sequence[int],
+    blending: Blending | None = None,
 ) -> list[list[dict[str, Any]] | RequestError]:
     """Per query, its top ks[i] ranked candidates, or the error / empty list it already was."""
     results: list[list[dict[str, Any]] | RequestError] = list(candidate_lists)
     for i, scored in zip(to_rank, ranked, strict=True):
-        results[i] = (
-            scored
-            if isinstance(scored, RequestError)
-            else select_top(candidate_lists[i], scored, ks[i])  # type: ignore[arg-type]
-        )
+        if isinstance(scored, RequestError):
+            results[i] = scored
+            continue
+        candidates: list[dict[str, Any]] = candidate_lists[i]  # type: ignore[assignment]
+        blend_score = None if blending is None else blending.score(candidates, scored)
+        results[i] = select_top(candidates, scored, ks[i], blend_score)
     return results
 
 
@@ -92,11 +117,12 @@ def rank_candidates(
     user_ids: Sequence[int],
     candidate_lists: Sequence[list[dict[str, Any]] | RequestError],
     ks: Sequence[int],
+    blending: Blending | None = None,
 ) -> list[list[dict[str, Any]] | RequestError]:
     """Rank each user's candidates (IndexBundle.candidates output) and keep the top ks[i]: one ranker call."""
     to_rank, rank_queries = rank_queries_for(user_ids, candidate_lists)
     ranked = ranker.rank(rank_queries) if rank_queries else []
-    return recommendations(candidate_lists, to_rank, ranked, ks)
+    return recommendations(candidate_lists, to_rank, ranked, ks, blending)
 
 
 def recommend_batch(
@@ -106,17 +132,24 @@ def recommend_batch(
     k: int,
     num_candidates: int,
     sources: tuple[str, ...] = SOURCES,
+    blend: RecommendBlend | None = None,
 ) -> list[list[dict[str, Any]] | RequestError]:
-    """Candidates -> rank -> top k for a batch of users (seen posts excluded by the candidate step)."""
+    """Candidates -> rank -> (blend) -> top k for a batch of users (seen posts excluded by the candidate step)."""
     candidate_lists = index.candidates([CandidateQuery(int(u), num_candidates, sources) for u in user_ids])
-    return rank_candidates(ranker, user_ids, candidate_lists, [k] * len(user_ids))
+    blending = None if blend is None else Blending(blend, index.posts)
+    return rank_candidates(ranker, user_ids, candidate_lists, [k] * len(user_ids), blending)
 
 
 def recommend(
-    index: IndexBundle, ranker: RankerBundle, user_id: int, k: int, num_candidates: int
+    index: IndexBundle,
+    ranker: RankerBundle,
+    user_id: int,
+    k: int,
+    num_candidates: int,
+    blend: RecommendBlend | None = None,
 ) -> list[dict[str, Any]]:
     """In-process candidates -> rank -> top k for one user; raises the RequestError (404 unknown user)."""
-    result = recommend_batch(index, ranker, [user_id], k, num_candidates)[0]
+    result = recommend_batch(index, ranker, [user_id], k, num_candidates, blend=blend)[0]
     if isinstance(result, RequestError):
         raise result
     return result

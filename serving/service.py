@@ -27,13 +27,14 @@ from serving.api import (
     validate_neighbors,
     validate_rank,
 )
+from serving.blend import RecommendBlend
 from serving.config import AppSpec
 from serving.errors import RequestError
 from serving.hot_swap import BundleHolder
 from serving.index_side import IndexBundle, load_index_bundle
 from serving.lineage import INDEX_POINTERS, RANKER_POINTERS, read_pointers
 from serving.ranker_side import RankerBundle, load_ranker_bundle
-from serving.recommend import rank_candidates, rank_response
+from serving.recommend import Blending, rank_candidates, rank_response
 from storage.store import Store
 
 
@@ -58,6 +59,7 @@ class ServingState:
         store = Store(spec.store_root)
         self.spec = spec
         self.score_weights = dict(spec.serve.score_weights)
+        self.blend = RecommendBlend.from_config(spec.serve.recommend_blend)
         self.index: BundleHolder[IndexBundle] = BundleHolder(
             "index",
             lambda: read_pointers(store, INDEX_POINTERS),
@@ -128,7 +130,11 @@ class ServingState:
         index, ranker = self._index(), self._ranker()
         sources = tuple(self.spec.serve.candidate_sources)
         candidate_lists = index.candidates([CandidateQuery(q.user_id, q.num_candidates, sources) for q in queries])
-        return rank_candidates(ranker, [q.user_id for q in queries], candidate_lists, [q.k for q in queries])
+        # The blend reads this index bundle's catalog: the one the candidates came from, even across a swap.
+        blending = None if self.blend is None else Blending(self.blend, index.posts)
+        return rank_candidates(
+            ranker, [q.user_id for q in queries], candidate_lists, [q.k for q in queries], blending
+        )
 
     def versions(self) -> dict[str, Any]:
         serving: dict[str, dict] = {}

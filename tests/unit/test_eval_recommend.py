@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import shutil
 from pathlib import Path
 
@@ -18,8 +19,11 @@ from jobs.eval_recommend import (
     evaluate,
     evaluation_period,
     fit_hit_rates,
+    fit_recommend_blend,
     ranking_metrics,
     render,
+    with_fusion_file,
+    with_serve_settings,
     write_time_split,
 )
 from serving.api import CandidateQuery
@@ -127,6 +131,24 @@ def test_eval_recommend_scores_the_serving_path_against_the_baselines(world):
     served = [item["post_id"] for item in recommend(index, ranker, 7, k=20, num_candidates=60)]
     fused = [c["post_id"] for c in index.candidates([CandidateQuery(7, 60)])[0]]
     assert set(served) <= set(fused) and len(served) == 20
+
+
+def test_a_fitted_blend_orders_recommend_and_the_ranker_order_is_reported_beside_it(world, tmp_path):
+    _, hit_rates = evaluate(world["config"], world["holdout"], ks=[5], num_candidates=60, max_users=100)
+    blend, rows = fit_recommend_blend(world["config"], world["holdout"], hit_rates, num_candidates=60, max_users=100)
+    assert rows["rows"] >= 40 * 5 and 0 < rows["positives"] < rows["rows"]
+    fitted = tmp_path / "fusion.json"
+    fitted.write_text(json.dumps({"fusion_hit_rates": hit_rates, "recommend_blend": blend.to_config().model_dump()}))
+    config = with_fusion_file(world["config"], str(fitted))
+    assert config.serve.recommend_blend is not None and config.serve.fusion_hit_rates is not None
+    report, _ = evaluate(config, world["holdout"], ks=[5, 20], num_candidates=60, max_users=100)
+    assert report["recommend_order"] == "blend" and list(report["metrics"])[:3] == ["recommend", "ranker", "candidates"]
+    # Same candidates, same scores, another order: the blend changes which posts make the top 5, not the pool.
+    assert report["metrics"]["recommend"]["recall@20"] != report["metrics"]["ranker"]["recall@20"] or (
+        report["metrics"]["recommend"]["ndcg@5"] != report["metrics"]["ranker"]["ndcg@5"]
+    )
+    plain, _ = evaluate(with_serve_settings(config, {"recommend_blend": None}), world["holdout"], ks=[5], num_candidates=60)
+    assert plain["recommend_order"] == "ranker" and "ranker" not in plain["metrics"]
 
 
 def test_eval_candidates_reports_combined_and_each_source_at_each_k(world):

@@ -1,0 +1,117 @@
+"""The last step of recommend: a learned blend of the ranker's score with what retrieval knows.
+
+Why: the ranker is trained on impressions, so it predicts engagement *given* that a post is shown. What
+a feed needs is the chance that the user engages with the post in the next period, which also depends
+on whether the post will still be seen: mostly its age (engagement falls off within a day of posting)
+and the sources that found it (a followed author's new post is shown far more often than a trending one
+from a stranger). The fused candidate order carries that through validated per-source hit rates, and
+the ranker alone ignores it (``reports/recommend.json``: ranked by the ranker alone, NDCG@50 was below
+the candidates' own order).
+
+The blend is a logistic regression over BLEND_FEATURES, fitted on a *validation* period by
+``nearline eval recommend --fit-fusion`` (the same run that fits the fusion rates, with candidates
+fused by the new rates) and served from ``serve.recommend_blend``. Its score is a log-odds, strictly
+increasing in the ranker's score when the fitted ranker weight is positive; ties in it (rare: a sum of
+floats) go to the ranker's score, then to the candidate order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from serving.api import SOURCES
+from serving.arrays import PostCatalog
+from serving.config import BLEND_FEATURES, RecommendBlendConfig
+
+MICROS_PER_HOUR = 3_600_000_000
+MAX_AGE_HOURS = 168.0  # older posts are all "old": beyond a week the age says nothing more
+SCORE_FLOOR = 1e-9  # log of a zero score (an unscored post) stays finite
+
+
+@dataclass(frozen=True)
+class RecommendBlend:
+    """Standardised logistic-regression weights over BLEND_FEATURES.
+
+    Attributes:
+        weights, mean, scale: float64 (F,), F = len(BLEND_FEATURES); score = ((x - mean) / scale) @ weights.
+    """
+
+    weights: np.ndarray
+    mean: np.ndarray
+    scale: np.ndarray
+
+    @classmethod
+    def from_config(cls, config: RecommendBlendConfig | None) -> RecommendBlend | None:
+        """The blend serve.recommend_blend holds (validated there), or None when it is unset."""
+        if config is None:
+            return None
+        return cls(*(np.asarray(values, dtype=np.float64) for values in (config.weights, config.mean, config.scale)))
+
+    def to_config(self) -> RecommendBlendConfig:
+        return RecommendBlendConfig(
+            features=list(BLEND_FEATURES),
+            **{name: [float(f"{v:.6g}") for v in getattr(self, name)] for name in ("weights", "mean", "scale")},
+        )
+
+    def score(self, features: np.ndarray) -> np.ndarray:
+        """Log-odds of engagement in the next period: float64 (C,) from features float64 (C, F)."""
+        return ((features - self.mean) / self.scale) @ self.weights
+
+
+def blend_features(
+    candidates: Sequence[Mapping[str, Any]], rank_score: np.ndarray, posts: PostCatalog
+) -> np.ndarray:
+    """BLEND_FEATURES of one user's candidates: float64 (C, F).
+
+    Args:
+        candidates: IndexBundle.candidates dicts (post_id, fused_score, scores by source).
+        rank_score: float (C,) the ranker's raw weighted score, -inf where it could not score.
+        posts: the index side's catalog (creation times and engagement counts as of its snapshot).
+    """
+    post_ids = np.fromiter((c["post_id"] for c in candidates), dtype=np.int64, count=len(candidates))
+    rows = np.minimum(np.searchsorted(posts.post_ids, post_ids), len(posts.post_ids) - 1)
+    age_hours = (posts.snapshot_us - posts.created_at_us[rows]) / MICROS_PER_HOUR
+    fused = np.fromiter((c["fused_score"] for c in candidates), dtype=np.float64, count=len(candidates))
+    membership = np.asarray(
+        [[source in c["scores"] for source in SOURCES] for c in candidates], dtype=np.float64
+    ).reshape(len(candidates), len(SOURCES))
+    finite = np.where(np.isfinite(rank_score), rank_score, SCORE_FLOOR)
+    return np.column_stack(
+        [
+            np.log(np.maximum(finite, SCORE_FLOOR)),
+            np.log(np.maximum(fused, SCORE_FLOOR)),
+            np.clip(age_hours, 0.0, MAX_AGE_HOURS),
+            np.log1p(posts.engagements_so_far[rows]),
+            membership,
+        ]
+    )
+
+
+def fit_blend(features: np.ndarray, labels: np.ndarray) -> RecommendBlend:
+    """Fit the blend on a validation period's candidates.
+
+    Args:
+        features: float64 (N, F) blend_features rows of every evaluated user's candidates.
+        labels: bool (N,) whether the user engaged with the post in the period.
+
+    Raises:
+        ValueError: when the labels hold one class only (nothing to learn from).
+    """
+    from sklearn.linear_model import LogisticRegression
+
+    labels = np.asarray(labels, dtype=bool)
+    if labels.all() or not labels.any():
+        raise ValueError(
+            f"cannot fit the recommend blend: all {len(labels):,} candidates have the same label "
+            f"({bool(labels[0]) if len(labels) else 'none'}); the validation period needs engaged and "
+            "unengaged candidates"
+        )
+    mean = features.mean(axis=0)
+    scale = features.std(axis=0)
+    scale = np.where(scale > 0, scale, 1.0)  # a constant feature (a source switched off) gets weight 0
+    model = LogisticRegression(C=1.0, max_iter=1000).fit((features - mean) / scale, labels)
+    return RecommendBlend(model.coef_[0].astype(np.float64), mean, scale)
