@@ -493,6 +493,8 @@ def main() -> None:
             run["load"] = load
             # Last: deploying and deleting the work-free app keeps Serve's controller busy for a while.
             _deploy_serve_floor("/serve-floor")
+            # A new app reloads HAProxy's routes, which may close a kept-alive connection: settle first.
+            asyncio.run(_closed_loop(base, ["/serve-floor/"], 1, 1.0))
             run["serve_floor"] = asyncio.run(_closed_loop(base, ["/serve-floor/"], 1, args.seconds))
             run["serve_floor_32"] = asyncio.run(_closed_loop(base, ["/serve-floor/"], 32, args.seconds))
             serve.delete(FLOOR_APP)

@@ -102,10 +102,13 @@ def _show_user(client: httpx.Client, config: NearlineConfig, user_id: int) -> No
         by_source[item["source"]] = by_source.get(item["source"], 0) + 1
     items = client.get(f"/v1/recommend/{user_id}", params={"k": 5, "candidates": 300}).json()["items"]
     texts = _post_texts(config, [item["post_id"] for item in items])
+    blended = bool(items) and items[0]["blend_score"] is not None
+    order = "the blend of the ranker's score with retrieval features" if blended else "the ranker's raw score"
     print(f"user {user_id}: {len(candidates)} candidates {by_source}; top 5 after ranking "
-          "(ordered by the ranker's raw score; p(engage) is its calibrated probability):")
+          f"(ordered by {order}; p(engage) is the ranker's calibrated probability):")
     for item in items:
-        print(f"   post {item['post_id']:>6}  rank score {item['rank_score']:.5f}  p(engage)={item['score']:.3f}"
+        blend = f"blend {item['blend_score']:+.4f}  " if blended else ""
+        print(f"   post {item['post_id']:>6}  {blend}rank score {item['rank_score']:.5f}  p(engage)={item['score']:.3f}"
               f"  from {item['source']:<13}  {texts.get(item['post_id'], '')[:60]}")
 
 
