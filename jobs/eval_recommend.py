@@ -177,12 +177,25 @@ def fit_hit_rates(lists: Sequence[np.ndarray], truths: Sequence[np.ndarray]) -> 
     return [round(float(r), 6) for r in rates]
 
 
+METRICS = ("recall", "ndcg", "mrr")
+
+
+def paired_difference(a: np.ndarray, b: np.ndarray, resamples: int = 2000, seed: int = 0) -> dict[str, Any]:
+    """Mean over users of a - b with a 95% paired bootstrap interval (users resampled with replacement)."""
+    diff = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    means = diff[rng.integers(0, len(diff), (resamples, len(diff)))].mean(axis=1)
+    low, high = np.percentile(means, [2.5, 97.5])
+    return {"difference": round(float(diff.mean()), 4), "ci95": [round(float(low), 4), round(float(high), 4)]}
+
+
 class MetricTable:
-    """Running sums of recall / NDCG / MRR per list and k, and eligible recall."""
+    """Per-user recall / NDCG / MRR per list and k (summed for the report), and eligible recall."""
 
     def __init__(self, names: Sequence[str], ks: Sequence[int]) -> None:
         self.ks = tuple(ks)
         self.sums = {name: np.zeros((len(ks), 3)) for name in names}
+        self.per_user: dict[str, list[np.ndarray]] = {name: [] for name in names}
         self.eligible = {name: np.zeros(len(ks)) for name in names}
         self.users = 0
         self.eligible_users = 0
@@ -192,9 +205,18 @@ class MetricTable:
         self.eligible_users += bool(len(eligible))
         for name, ranked in lists.items():
             metrics = ranking_metrics(ranked, truth, self.ks)
-            self.sums[name] += np.asarray([metrics[k] for k in self.ks])
+            values = np.asarray([metrics[k] for k in self.ks])
+            self.sums[name] += values
+            self.per_user[name].append(values)
             if len(eligible):
                 self.eligible[name] += [ranking_metrics(ranked, eligible, self.ks)[k][0] for k in self.ks]
+
+    def user_values(self, name: str, metric: str, k: int) -> np.ndarray:
+        """One metric at one k of one list, per user in the order added: float64 (users,)."""
+        return np.asarray([row[self.ks.index(k), METRICS.index(metric)] for row in self.per_user[name]])
+
+    def compare(self, a: str, b: str, metric: str, k: int) -> dict[str, Any]:
+        return paired_difference(self.user_values(a, metric, k), self.user_values(b, metric, k))
 
     def report(self) -> dict[str, Any]:
         if self.users == 0:
@@ -204,7 +226,7 @@ class MetricTable:
             means = sums / self.users
             out[name] = {
                 f"{metric}@{k}": round(float(means[i, j]), 4)
-                for j, metric in enumerate(("recall", "ndcg", "mrr"))
+                for j, metric in enumerate(METRICS)
                 for i, k in enumerate(self.ks)
             }
             if self.eligible_users:
@@ -361,6 +383,16 @@ def evaluate(
     metrics = table.report()
     first_k = ks[0]
     best_single = {k: max(metrics[s][f"recall@{k}"] for s in sources) for k in ks}
+    best_source = {k: max(sources, key=lambda s, k=k: metrics[s][f"recall@{k}"]) for k in ks}
+    differences = {
+        f"recommend - candidates, {metric}@{first_k}": table.compare("recommend", "candidates", metric, first_k)
+        for metric in ("recall", "ndcg")
+    } | {
+        f"candidates - {best_source[k]} (best single source), recall@{k}": table.compare(
+            "candidates", best_source[k], "recall", k
+        )
+        for k in ks
+    }
     report = {
         "holdout_data": holdout_path,
         "period": {
@@ -407,6 +439,7 @@ def evaluate(
                 for k in ks
             },
         },
+        "differences": differences,
         "seconds": round(seconds, 1),
         "versions": {"index": index.versions, "ranker": ranker.versions},
     }
@@ -491,6 +524,9 @@ def render(report: Mapping[str, Any]) -> str:
     for source, counts in report["contribution"][str(k)].items():
         lines.append(f"  {source:<14}{counts['items']:>8,}{counts['hits']:>7,}{counts['hits_no_other_source_found']:>7,}")
     lines.append("targets: " + ", ".join(f"{name} {value}" for name, value in report["targets"].items()))
+    lines.append("paired differences over users, mean [95% bootstrap interval]:")
+    for name, value in report["differences"].items():
+        lines.append(f"  {name:<58}{value['difference']:>+9.4f} [{value['ci95'][0]:+.4f}, {value['ci95'][1]:+.4f}]")
     return "\n".join(lines)
 
 

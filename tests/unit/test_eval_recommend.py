@@ -20,6 +20,7 @@ from jobs.eval_recommend import (
     evaluation_period,
     fit_hit_rates,
     fit_recommend_blend,
+    paired_difference,
     ranking_metrics,
     render,
     with_fusion_file,
@@ -64,6 +65,15 @@ def test_hit_rates_are_the_share_of_hits_per_rank_bucket_made_non_increasing():
     assert rates[:3] == [0.5, 0.5, 0.5]
     assert all(a >= b for a, b in zip(rates, rates[1:], strict=False)) and rates[-1] == 0.5
     assert fit_hit_rates([], []) == [0.0] * NUM_RANK_BUCKETS
+
+
+def test_paired_difference_brackets_a_real_gap_and_straddles_zero_without_one():
+    rng = np.random.default_rng(3)
+    base = rng.random(2000)
+    better = paired_difference(base + 0.05 + rng.normal(0, 0.1, 2000), base)
+    assert better["difference"] == pytest.approx(0.05, abs=0.01) and 0 < better["ci95"][0] < 0.05 < better["ci95"][1]
+    same = paired_difference(base + rng.normal(0, 0.1, 2000), base)
+    assert same["ci95"][0] < 0 < same["ci95"][1]
 
 
 @pytest.fixture(scope="module")
@@ -122,7 +132,9 @@ def test_eval_recommend_scores_the_serving_path_against_the_baselines(world):
     assert all(len(r) == NUM_RANK_BUCKETS for r in hit_rates.values())
     items = sum(c["items"] for c in report["contribution"]["5"].values())
     assert items == 40 * 5  # every user got a full top 5, each item credited to one source
-    assert "recommend" in render(report)
+    assert "recommend" in render(report) and "paired differences" in render(report)
+    gap = report["differences"]["recommend - candidates, recall@5"]
+    assert gap["ci95"][0] <= gap["difference"] <= gap["ci95"][1]
     # The recommend list is serving's own: the in-process recommend gives the same posts for a user.
     store = Store(str(world["root"] / "store"))
     config = world["config"]
