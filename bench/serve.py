@@ -39,8 +39,10 @@ import numpy as np
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
+from jobs.config import load_config
 from retrieval.config import IndexConfig
 from serving.api import CandidateQuery, RankQuery
+from serving.blend import RecommendBlend
 from serving.config import ServeConfig, serve_environment
 from serving.index_side import load_index_bundle
 from serving.lineage import INDEX_POINTERS, RANKER_POINTERS, read_pointers, rollback_serving_set
@@ -196,11 +198,12 @@ def _publish_set(store: Store, versions: dict[str, str]) -> None:
         store.publish(kind, name, versions[key])
 
 
-def _in_process(index, ranker, users: np.ndarray, repeats: int) -> dict:
+def _in_process(index, ranker, users: np.ndarray, repeats: int, blend: RecommendBlend | None) -> dict:
     out = {}
     for name, call in (
         ("candidates", lambda u: index.candidates([CandidateQuery(int(u), 100)])),
-        ("recommend", lambda u: recommend(index, ranker, int(u), 50, 500)),
+        ("recommend", lambda u: recommend(index, ranker, int(u), 50, 500, blend)),
+        ("recommend_ranker_order", lambda u: recommend(index, ranker, int(u), 50, 500)),
     ):
         latencies = []
         for u in users[:repeats]:
@@ -402,7 +405,12 @@ def main() -> None:
         "--ingress", nargs="+", default=["haproxy", "proxy"], choices=["haproxy", "proxy"],
         help="ingress modes to measure, side by side (the first also runs batching, swap and rollback)",
     )
+    parser.add_argument(
+        "--blend-config", default="conf/local.yaml",
+        help="serve /v1/recommend with this config's serve.recommend_blend, as production does",
+    )
     args = parser.parse_args()
+    served_blend = load_config(args.blend_config).serve.recommend_blend
 
     import faiss
     import torch
@@ -430,11 +438,11 @@ def main() -> None:
         "content": IndexConfig(factory_string="IVF{nlist},Flat", metric="cosine"),
         "user": IndexConfig(factory_string="IVF{nlist},Flat", metric="ip"),
     }
-    config = ServeConfig(warmup_queries=16, max_recommend_candidates=2000)
+    config = ServeConfig(warmup_queries=16, max_recommend_candidates=2000, recommend_blend=served_blend)
     index = load_index_bundle(store, read_pointers(store, INDEX_POINTERS), config, index_configs)
     ranker = load_ranker_bundle(store, read_pointers(store, RANKER_POINTERS), config)
     users = np.random.default_rng(0).permutation(index.interest.ids)
-    in_process = _in_process(index, ranker, users, repeats=200)
+    in_process = _in_process(index, ranker, users, repeats=200, blend=RecommendBlend.from_config(served_blend))
     in_process_batching = _in_process_batching(index, ranker, users)
     print("in-process batching:", in_process_batching)
     sizes = {
@@ -460,7 +468,7 @@ def main() -> None:
     for mode in modes:
         config = ServeConfig(
             port=_free_port(), poll_interval_s=1.0, warmup_queries=16, max_recommend_candidates=2000, ingress=mode,
-            num_replicas=args.replicas,
+            num_replicas=args.replicas, recommend_blend=served_blend,
         )
         spec = app_spec(store_root, config, index_configs)
         metrics_port = _free_port()
@@ -578,6 +586,12 @@ def _markdown(result: dict) -> str:
         lines.append(
             f"| {mode} | {floor['serve_floor']['p50_ms']} / {floor['serve_floor_32']['qps']} | {cells[0]} | {cells[1]} |"
         )
+    if "recommend_ranker_order" in ip:
+        lines += [
+            "",
+            f"In process, /v1/recommend as served (ordered by serve.recommend_blend) p50 {ip['recommend']['p50_ms']} ms "
+            f"vs {ip['recommend_ranker_order']['p50_ms']} ms ordered by the ranker's score alone (same calls, 1 thread).",
+        ]
     top_rows = {
         name: max(first["load"][name], key=lambda r: r["concurrency"]) for name in ("candidates", "recommend")
     }

@@ -191,8 +191,14 @@ def build_app_from_spec(spec: AppSpec, user_config: dict[str, Any] | None = None
         ray_actor_options={
             "num_cpus": cfg.num_cpus,
             "num_gpus": cfg.num_gpus,
-            # Small batched searches: OpenMP threads contending on shared cores cost far more than they give.
-            "runtime_env": {"env_vars": {"OMP_NUM_THREADS": str(cfg.omp_threads)}},
+            "runtime_env": {
+                "env_vars": {
+                    # Small batched searches: OpenMP threads contending on shared cores cost far more than they give.
+                    "OMP_NUM_THREADS": str(cfg.omp_threads),
+                    # Read by the replica process itself, so a cluster needs no extra `ray start` flag.
+                    "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0" if cfg.handlers_on_replica_loop else "1",
+                }
+            },
         },
         max_ongoing_requests=cfg.max_ongoing_requests,
         user_config=user_config or None,

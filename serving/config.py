@@ -94,6 +94,15 @@ class ServeConfig(BaseModel):
     omp_threads: PositiveInt = Field(
         1, description="OpenMP threads of FAISS in a replica (OMP_NUM_THREADS of its actor)."
     )
+    handlers_on_replica_loop: bool = Field(
+        True,
+        description=(
+            "Run the request handlers on the replica's own event loop rather than on a second thread "
+            "(RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD=0, part of Ray's throughput-optimized mode): the thread "
+            "hand-off cost ~2 ms per request at one client on 2 cores (bench/serve.py). A running batch then "
+            "holds the replica's loop, so health checks wait for it (batches take milliseconds)."
+        ),
+    )
     max_ongoing_requests: PositiveInt = Field(
         256, description="Requests a replica accepts at once; must exceed max_batch_size for batches to fill."
     )
