@@ -193,16 +193,17 @@ def _lr_factor(schedule: str, step: int, total: int) -> float:
 
 def _optimizers(model: nn.Module, lr: float, wide_lr: float, weight_decay: float, params=None):
     params = [p for p in (params or model.parameters()) if p.requires_grad]
-    sparse_ids = {id(model.token_embedding.weight)}
-    if getattr(model, "wide_embedding", None) is not None:
-        sparse_ids.add(id(model.wide_embedding.weight))
+    wide_weight = getattr(getattr(model, "wide_embedding", None), "weight", None)
+    sparse_ids = {id(model.get_submodule("token_embedding").get_parameter("weight"))}
+    if wide_weight is not None:
+        sparse_ids.add(id(wide_weight))
     sparse = [p for p in params if id(p) in sparse_ids]
     dense = [p for p in params if id(p) not in sparse_ids]
-    opts = []
+    opts: list[tuple[torch.optim.Optimizer, float]] = []
     if dense:
         opts.append((torch.optim.AdamW(dense, lr=lr, weight_decay=weight_decay), lr))
     for p in sparse:
-        p_lr = wide_lr if p is getattr(getattr(model, "wide_embedding", None), "weight", None) else lr
+        p_lr = wide_lr if p is wide_weight else lr
         opts.append((torch.optim.SparseAdam([p], lr=p_lr), p_lr))
     return opts
 
@@ -576,6 +577,8 @@ def linear_probe(train_embeddings: np.ndarray, train_labels: np.ndarray, val_emb
             thresholds, score = None, float((clf.predict(val_embeddings) == val_labels).mean())
         if best is None or score > best[0]:
             best = (score, c, clf, thresholds)
+    if best is None:
+        raise ValueError("linear_probe needs at least one regularisation strength to try")
     val_score, c, clf, thresholds = best
     if multi:
         assert thresholds is not None

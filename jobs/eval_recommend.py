@@ -383,7 +383,7 @@ def evaluate(
     metrics = table.report()
     first_k = ks[0]
     best_single = {k: max(metrics[s][f"recall@{k}"] for s in sources) for k in ks}
-    best_source = {k: max(sources, key=lambda s, k=k: metrics[s][f"recall@{k}"]) for k in ks}
+    best_source = {k: max(sources, key=lambda s: metrics[s][f"recall@{k}"]) for k in ks}
     differences = {
         f"recommend - candidates, {metric}@{first_k}": table.compare("recommend", "candidates", metric, first_k)
         for metric in ("recall", "ndcg")

@@ -192,7 +192,7 @@ def train_from_tweeteval(directory: str, config: NearlineConfig, out_dir: str) -
     names = read_tweeteval_label_names(directory, num_labels)
     result = train_content_model(config.content, train_texts, train_labels, val_texts, val_labels, names, out_dir,
                                  init_model=load_init_model(config))
-    save_content_model(result.model, result.model.vocab, names, config.content, out_dir)
+    save_content_model(result.model, result.model.featurizer().vocab, names, config.content, out_dir)
     return result.metrics
 
 
@@ -231,7 +231,7 @@ def train_from_dataset(spark, config: NearlineConfig, store, publish: bool) -> t
             result = train_content_model(content, train["text"].tolist(), train["label"].to_numpy(),
                                          val["text"].tolist(), val["label"].to_numpy(), labels, staged.path,
                                          init_model=load_init_model(config))
-            save_content_model(result.model, result.model.vocab, labels, content, staged.path)
+            save_content_model(result.model, result.model.featurizer().vocab, labels, content, staged.path)
             details = {"row_counts": {"train": len(train), "val": len(val)}, "metrics": result.metrics["val"]}
             staged.manifest.update(details)
     finally:
