@@ -10,7 +10,8 @@ the candidates' own order).
 
 The blend is a logistic regression over BLEND_FEATURES, fitted on a *validation* period by
 ``nearline eval recommend --fit-fusion`` (the same run that fits the fusion rates, with candidates
-fused by the new rates) and served from ``serve.recommend_blend``. Its score is a log-odds, strictly
+fused by the new rates) and served from ``serve.recommend_blend``. Its score is a log-odds less the fitted
+intercept (only the order is used, so the intercept is not kept), strictly
 increasing in the ranker's score when the fitted ranker weight is positive; ties in it (rare: a sum of
 floats) go to the ranker's score, then to the candidate order.
 """
@@ -58,7 +59,7 @@ class RecommendBlend:
         )
 
     def score(self, features: np.ndarray) -> np.ndarray:
-        """Log-odds of engagement in the next period: float64 (C,) from features float64 (C, F)."""
+        """Log-odds of engagement in the next period less the intercept: float64 (C,) from features float64 (C, F)."""
         return ((features - self.mean) / self.scale) @ self.weights
 
 

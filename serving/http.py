@@ -112,7 +112,7 @@ class RecommendedItem(BaseModel):
     score: float = Field(description="The score-weighted sum of the calibrated task probabilities.")
     rank_score: float = Field(description="The ranker's uncalibrated weighted score (the order without a blend).")
     blend_score: float | None = Field(
-        description="The recommend blend's log-odds, the order when serve.recommend_blend is set; else null."
+        description="The recommend blend's score (log-odds less a constant), the order when serve.recommend_blend is set; else null."
     )
     source: str
     retrieval_score: float

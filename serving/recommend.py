@@ -36,7 +36,7 @@ def select_top(
         candidates: candidate dicts (post_id, source, score, ...), row-aligned with the scores.
         scored: RankerBundle.rank's result for them: "rank_score" and "score" float (C,).
         k: items wanted.
-        blend_score: float (C,) the blend's log-odds (the order), or None to order by rank_score.
+        blend_score: float (C,) the blend's score (the order), or None to order by rank_score.
 
     Returns:
         Up to k dicts {post_id, score (calibrated), rank_score, blend_score (None without a blend),
