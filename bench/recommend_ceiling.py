@@ -123,15 +123,14 @@ def metrics_at_k(users: list[UserCandidates], order_score: Callable[[UserCandida
     return {f"recall@{K}": round(float(recall), 4), f"ndcg@{K}": round(float(ndcg), 4), f"mrr@{K}": round(float(mrr), 4)}
 
 
-def logistic_order(validation: list[UserCandidates], keep_ranker: bool) -> Callable[[UserCandidates], np.ndarray]:
-    """Fit the blend's logistic regression with the planted probability as a feature on validation."""
-    rows = np.concatenate([with_planted(u, keep_ranker) for u in validation])
-    labels = np.concatenate([np.isin(u.post_ids, u.truth) for u in validation])
-    from sklearn.linear_model import LogisticRegression
+def labels_of(users: list[UserCandidates]) -> np.ndarray:
+    return np.concatenate([np.isin(u.post_ids, u.truth) for u in users])
 
-    mean, scale = rows.mean(axis=0), np.where(rows.std(axis=0) > 0, rows.std(axis=0), 1.0)
-    model = LogisticRegression(C=1.0, max_iter=1000).fit((rows - mean) / scale, labels)
-    return lambda u: ((with_planted(u, keep_ranker) - mean) / scale) @ model.coef_[0]
+
+def planted_order(validation: list[UserCandidates], keep_ranker: bool) -> Callable[[UserCandidates], np.ndarray]:
+    """The blend's fit (serving.blend.fit_blend) with the planted probability as a feature, on validation."""
+    blend = fit_blend(np.concatenate([with_planted(u, keep_ranker) for u in validation]), labels_of(validation))
+    return lambda u: blend.score(with_planted(u, keep_ranker))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -156,13 +155,10 @@ def main(argv: list[str] | None = None) -> int:
         "ranker": lambda u: u.rank_score,
         "blend (served)": lambda u: served.score(u.features),
         "blend refitted here": (lambda b: lambda u: b.score(u.features))(
-            fit_blend(
-                np.concatenate([u.features for u in validation]),
-                np.concatenate([np.isin(u.post_ids, u.truth) for u in validation]),
-            )
+            fit_blend(np.concatenate([u.features for u in validation]), labels_of(validation))
         ),
-        "planted blend (planted probability instead of the ranker)": logistic_order(validation, keep_ranker=False),
-        "planted blend + ranker": logistic_order(validation, keep_ranker=True),
+        "planted blend (planted probability instead of the ranker)": planted_order(validation, keep_ranker=False),
+        "planted blend + ranker": planted_order(validation, keep_ranker=True),
         "planted probability alone": lambda u: u.planted,
     }
     results = {name: metrics_at_k(test, order) for name, order in orders.items()}
@@ -170,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     for values in results.values():
         values["vs_candidates"] = {m: round(values[m] / base[m], 3) for m in (f"recall@{K}", f"ndcg@{K}")}
     high_match = np.concatenate([u.match for u in test]) > MATCH_THRESHOLD
-    engaged = np.concatenate([np.isin(u.post_ids, u.truth) for u in test])
+    engaged = labels_of(test)
     finite_rank = np.concatenate([np.where(np.isfinite(u.rank_score), u.rank_score, -1.0) for u in test])
     diagnostics = {
         f"auc_for_match_above_{MATCH_THRESHOLD}": {

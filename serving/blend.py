@@ -96,7 +96,8 @@ def fit_blend(features: np.ndarray, labels: np.ndarray) -> RecommendBlend:
     """Fit the blend on a validation period's candidates.
 
     Args:
-        features: float64 (N, F) blend_features rows of every evaluated user's candidates.
+        features: float64 (N, F) blend_features rows of every evaluated user's candidates (an experiment
+            may add columns: nothing here depends on F).
         labels: bool (N,) whether the user engaged with the post in the period.
 
     Raises:
