@@ -15,8 +15,8 @@ scored on the test period, exactly as ``nearline eval recommend`` does:
 - planted blend: the blend refitted with log P_planted in place of the ranker's score;
 - planted blend + ranker: both.
 
-It also reports, over the test candidates, how well the ranker's score and the content-side interest
-cosine track the planted interest match (AUC for "match above 0.2").
+It also reports, over the test candidates, how well the ranker's score, the content-side interest
+cosine and the blend's topic affinities track the planted interest match (AUC for "match above 0.2").
 
 Writes reports/recommend_ceiling.json.
 """
@@ -47,6 +47,7 @@ from jobs.eval_recommend import (
 from jobs.synthetic import engagement_probabilities
 from serving.api import CandidateQuery
 from serving.blend import RecommendBlend, blend_features, fit_blend
+from serving.config import BLEND_FEATURES
 from serving.recommend import rank_queries_for
 
 K = 50
@@ -100,7 +101,9 @@ def collect(config_path: str, store_root: str, data_path: str, fusion: str, max_
                     post_ids=ids,
                     truth=period.truth[user],
                     rank_score=scored["rank_score"],  # type: ignore[index]
-                    features=blend_features(fused[i], scored["rank_score"], index.posts),  # type: ignore[arg-type, index]
+                    features=blend_features(
+                        fused[i], scored["rank_score"], index.posts, index.lists, user  # type: ignore[arg-type, index]
+                    ),
                     planted=engagement_probabilities(match, follows, quality[rows].astype(np.float64)),
                     match=match,
                     interest_cosine=cosine,
@@ -172,6 +175,11 @@ def main(argv: list[str] | None = None) -> int:
         f"auc_for_match_above_{MATCH_THRESHOLD}": {
             "ranker": round(float(roc_auc_score(high_match, finite_rank)), 3),
             "interest_cosine": round(float(roc_auc_score(high_match, np.concatenate([u.interest_cosine for u in test]))), 3),
+            **{
+                name: round(float(roc_auc_score(high_match, np.concatenate([u.features[:, column] for u in test]))), 3)
+                for column, name in enumerate(BLEND_FEATURES)
+                if name.startswith("topic_affinity_")
+            },
         },
         "auc_for_engaged": {
             "ranker": round(float(roc_auc_score(engaged, finite_rank)), 3),

@@ -195,3 +195,21 @@ class ContentModelConfig(BaseModel):
             return self.embedding_dim + 4 * self.lstm_hidden
         return 2 * self.lstm_hidden
 
+
+
+class TopicModelConfig(BaseModel):
+    """The post topic model (``topics`` section): NMF over TF-IDF of post text, fitted in the serving-table export.
+
+    Its per-post topic mixtures let serving compare a candidate with the topics a user has read,
+    engaged with and follows (serving/blend.py), which the emoji-trained content vectors separate poorly.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    num_topics: PositiveInt = Field(16, description="NMF components; fewer when the corpus has fewer posts or terms.")
+    min_doc_freq: PositiveInt = Field(2, description="Terms in fewer posts are dropped (typos, one-off ids).")
+    max_fit_posts: PositiveInt = Field(
+        200_000, description="Posts the model is fitted on (a deterministic sample); every post is transformed."
+    )
+    max_iter: PositiveInt = Field(300, description="NMF iterations.")
+    seed: int = 7

@@ -23,7 +23,7 @@ from pydantic import (
     field_validator,
 )
 
-from embeddings.config import ContentModelConfig
+from embeddings.config import ContentModelConfig, TopicModelConfig
 from ranking.config import RankerConfig
 from retrieval.config import IndexConfig, default_index_configs
 from serving.config import ServeConfig
@@ -112,6 +112,7 @@ class NearlineConfig(_Strict):
     generate: GenerateConfig = GenerateConfig()
     content: ContentModelConfig = ContentModelConfig()
     user_interest: UserInterestConfig = UserInterestConfig()
+    topics: TopicModelConfig = TopicModelConfig()
     ranker: RankerConfig = RankerConfig()
     indexes: dict[str, IndexConfig] = Field(default_factory=default_index_configs)
     serve: ServeConfig = ServeConfig()

@@ -334,7 +334,7 @@ def evaluate(
         )
     index, ranker = load_bundles(config)
     blend = RecommendBlend.from_config(config.serve.recommend_blend)
-    blending = None if blend is None else Blending(blend, index.posts)
+    blending = Blending.of(blend, index)
     period = evaluation_period(holdout_path, index.posts.snapshot_us, period_hours)
     known = known_users(index, period, config.store.root)
     rng = np.random.default_rng(seed)
@@ -355,8 +355,8 @@ def evaluate(
         # rank_candidates' two steps, so the ranker scores once for both the blended and the ranker order.
         to_rank, queries = rank_queries_for(batch, fused)
         ranked = ranker.rank(queries) if queries else []
-        recommended = recommendations(fused, to_rank, ranked, [depth] * len(batch), blending)
-        by_ranker = recommendations(fused, to_rank, ranked, [depth] * len(batch)) if blending else None
+        recommended = recommendations(batch, fused, to_rank, ranked, [depth] * len(batch), blending)
+        by_ranker = recommendations(batch, fused, to_rank, ranked, [depth] * len(batch)) if blending else None
         compared = comparison_lists(index, batch, fused, depth, popular, rng)
         for i, user in enumerate(batch):
             truth = period.truth[user]
@@ -471,7 +471,9 @@ def blend_rows(
         for i, scored in zip(to_rank, ranker.rank(queries) if queries else [], strict=True):
             if isinstance(scored, RequestError):
                 raise scored  # the users were checked to be known: an error here is a bug, not bad input
-            features.append(blend_features(fused[i], scored["rank_score"], index.posts))  # type: ignore[arg-type]
+            features.append(
+                blend_features(fused[i], scored["rank_score"], index.posts, index.lists, batch[i])  # type: ignore[arg-type]
+            )
             labels.append(np.isin(scored["post_ids"], period.truth[batch[i]]))
     if not features:
         raise ValueError("no evaluated user has a candidate: nothing to fit the recommend blend on")

@@ -4,7 +4,9 @@ Reads:  config.data.path/{users,follows,posts,engagements} (the data contract, P
 Writes: store features/post/<version>/data/ (Parquet), one row per post:
             post_id long, author_id long, created_at_us long (post creation, unix µs), then every
             column ``build_ranking_features.post_features`` computes (post_impressions_so_far, ...,
-            author_follower_count) as double;
+            author_follower_count) as double, and ``topics`` array<float>: the post's topic
+            mixture (embeddings/topics.py, fitted here on a sample of the posts; ``topics`` in the
+            manifest records its size and sample);
         store features/user_lists/<version>/data/ (Parquet), one row per user found in users,
         engagements or follows (as follower or followee):
             user_id long, engaged array<long>, seen array<long>, followees array<long>;
@@ -30,16 +32,22 @@ from __future__ import annotations
 import argparse
 import math
 import time
+from collections.abc import Iterator
 
+import pandas as pd
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
+from pyspark.sql import types as T
 
+from embeddings.config import TopicModelConfig
+from embeddings.topics import PostTopicModel, fit_topic_model
 from jobs.build_ranking_features import post_features, read_tables
 from jobs.config import NearlineConfig
 from jobs.contract import POSITIVE_EVENTS
 from jobs.io import write_parquet_deterministic
 from jobs.refresh import input_fingerprint
 from jobs.spark import build_spark_session
+from serving.arrays import TOPICS_COLUMN
 from serving.config import ServeConfig
 from storage.store import Store
 
@@ -88,6 +96,36 @@ def post_feature_rows(tables: dict[str, DataFrame], snapshot_us: int) -> DataFra
         F.col("created_at_us").cast("long"),
         *[F.col(c).cast("double") for c in feature_columns],
     )
+
+
+def fit_post_topics(posts: DataFrame, config: TopicModelConfig) -> tuple[PostTopicModel, int]:
+    """The topic model, fitted on the driver over at most config.max_fit_posts posts.
+
+    The sample is the posts with the smallest hash of their id (seeded), so it is the same on every run
+    and spread over authors and time. Returns the model and the number of posts it was fitted on.
+    """
+    sample = (
+        posts.select("post_id", "text")
+        .orderBy(F.xxhash64(F.col("post_id"), F.lit(config.seed)), "post_id")
+        .limit(config.max_fit_posts)
+        .collect()
+    )
+    if not sample:
+        raise ValueError("topic model: the dataset has no posts to fit it on")
+    return fit_topic_model([row["text"] for row in sample], config), len(sample)
+
+
+def post_topic_rows(posts: DataFrame, model: PostTopicModel) -> DataFrame:
+    """(post_id long, topics array<float>) for every post, the fitted model applied partition by partition."""
+
+    def transform(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        for batch in batches:
+            yield pd.DataFrame({"post_id": batch["post_id"], TOPICS_COLUMN: list(model.transform(batch["text"].tolist()))})
+
+    schema = T.StructType(
+        [T.StructField("post_id", T.LongType()), T.StructField(TOPICS_COLUMN, T.ArrayType(T.FloatType()))]
+    )
+    return posts.select(F.col("post_id").cast("long"), "text").mapInPandas(transform, schema)
 
 
 def newest_first(pairs: DataFrame, key: str, value: str, cap: int, name: str) -> DataFrame:
@@ -205,6 +243,10 @@ def run_post_features(
     manifest = _lineage(config, tables, fingerprint)
     rows = post_feature_rows(tables, manifest["snapshot_us"])
     manifest["feature_columns"] = [c for c in rows.columns if c not in POST_KEY_COLUMNS]
+    model, fitted_on = fit_post_topics(tables["posts"], config.topics)
+    rows = rows.join(post_topic_rows(tables["posts"], model), on="post_id", how="left")
+    manifest["topics"] = {"column": TOPICS_COLUMN, "num_topics": model.num_topics, "fitted_on_posts": fitted_on,
+                          "config": config.topics.model_dump()}
     num_posts = tables["posts"].count()
     return _stage(Store(config.store.root), "post", manifest, rows, "post_id", num_posts, publish)
 

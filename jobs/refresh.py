@@ -196,7 +196,7 @@ def run_refresh(config: NearlineConfig, spark=None) -> dict[str, Any]:  # spark:
         # Serving reads these instead of the raw dataset; built from the same input, they publish
         # with the ranker and indexes below, so one refresh (and one rollback) moves them together.
         run.stage(
-            "post_features", ("features", "post"), stage_key("post_features", fingerprint),
+            "post_features", ("features", "post"), stage_key("post_features", fingerprint, config_hash(config.topics)),
             lambda: _manifest(export_serving_tables.run_post_features(spark, config, False, fingerprint)),
         )
         run.stage(

@@ -12,6 +12,8 @@ import pyarrow.dataset as ds
 
 from serving.errors import BundleLoadError
 
+TOPICS_COLUMN = "topics"  # features/post: each post's topic mixture (embeddings/topics.py)
+
 
 @dataclass(frozen=True)
 class VectorTable:
@@ -189,6 +191,8 @@ class PostCatalog:
         engagements_so_far: float64 (P,) positive engagements up to the snapshot.
         snapshot_us: the artifact's snapshot time (the dataset's last engagement).
         author_posts: author id -> that author's posts, newest first.
+        topics: float32 (P, K) each post's topic mixture (rows sum to 1, or 0 for a post without known terms).
+        author_topics: each author's mean topic mixture over all their posts in the catalog.
     """
 
     post_ids: np.ndarray
@@ -197,16 +201,36 @@ class PostCatalog:
     engagements_so_far: np.ndarray
     snapshot_us: int
     author_posts: IdLists
+    topics: np.ndarray
+    author_topics: VectorTable
+
+    def topic_rows(self, post_ids: np.ndarray) -> np.ndarray:
+        """float32 (B, K) topic mixtures of these posts; zeros for posts not in the catalog."""
+        post_ids = np.asarray(post_ids, dtype=np.int64)
+        if len(self.post_ids) == 0:
+            return np.zeros((len(post_ids), self.topics.shape[1]), np.float32)
+        rows = np.minimum(np.searchsorted(self.post_ids, post_ids), len(self.post_ids) - 1)
+        return np.where((self.post_ids[rows] == post_ids)[:, None], self.topics[rows], 0.0).astype(np.float32)
+
+
+def mean_by_key(keys: np.ndarray, vectors: np.ndarray) -> VectorTable:
+    """Per distinct key, the mean of its rows' vectors."""
+    unique, inverse = np.unique(np.asarray(keys, dtype=np.int64), return_inverse=True)
+    sums = np.zeros((len(unique), vectors.shape[1]), np.float64)
+    np.add.at(sums, inverse, vectors)
+    counts = np.bincount(inverse, minlength=len(unique))[:, None]
+    return VectorTable(unique, (sums / np.maximum(counts, 1)).astype(np.float32))
 
 
 def read_post_catalog(directory: str, snapshot_us: int, author_posts_cap: int) -> PostCatalog:
-    """The candidate-side columns of a features/post artifact (post_id, author_id, created_at_us, counts)."""
+    """The candidate-side columns of a features/post artifact (post_id, author_id, created_at_us, counts, topics)."""
     table = read_table(
-        directory, ["post_id", "author_id", "created_at_us", "post_engagements_so_far"]
+        directory, ["post_id", "author_id", "created_at_us", "post_engagements_so_far", TOPICS_COLUMN]
     ).sort_by("post_id")
     post_ids = table.column("post_id").to_numpy().astype(np.int64)
     author_ids = table.column("author_id").to_numpy().astype(np.int64)
     created_at_us = table.column("created_at_us").to_numpy().astype(np.int64)
+    topics = vectors_from_arrow(table.column(TOPICS_COLUMN), f"{directory} ({TOPICS_COLUMN})")
     return PostCatalog(
         post_ids=post_ids,
         author_ids=author_ids,
@@ -216,4 +240,6 @@ def read_post_catalog(directory: str, snapshot_us: int, author_posts_cap: int) -
         ),
         snapshot_us=int(snapshot_us),
         author_posts=IdLists.from_pairs(author_ids, post_ids, created_at_us, author_posts_cap),
+        topics=topics,
+        author_topics=mean_by_key(author_ids, topics),
     )

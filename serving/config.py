@@ -29,6 +29,9 @@ BLEND_FEATURES: tuple[str, ...] = (
     "age_hours",
     "log1p_engagements",
     *(f"in_{source}" for source in get_args(SourceName)),
+    "topic_affinity_seen",
+    "topic_affinity_engaged",
+    "topic_affinity_followed",
 )
 
 

@@ -13,7 +13,7 @@ from ranking.model import SplitRanker
 from ranking.scorer import RankerScorer
 from ranking.training import load_ranker
 from serving.api import RankQuery
-from serving.arrays import parquet_files, read_table, read_vector_table, vectors_from_arrow
+from serving.arrays import TOPICS_COLUMN, parquet_files, read_table, read_vector_table, vectors_from_arrow
 from serving.config import ServeConfig
 from serving.errors import BundleLoadError, RequestError, not_found
 from serving.lineage import Artifact, open_artifact, require_same
@@ -50,7 +50,7 @@ def post_table_from_artifact(directory: str) -> PostTable:
     columns = {
         name: table.column(name).to_numpy(zero_copy_only=False)[order]
         for name in names
-        if name not in ("post_id", "author_id", "vector")
+        if name not in ("post_id", "author_id", "vector", TOPICS_COLUMN)
     }
     vectors = vectors_from_arrow(table.column("vector"), directory)[order] if "vector" in names else None
     return PostTable(

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from serving.api import SOURCES, CandidateQuery, RankQuery
-from serving.arrays import PostCatalog
+from serving.arrays import PostCatalog, UserLists
 from serving.blend import RecommendBlend, blend_features
 from serving.errors import RequestError
 from serving.index_side import IndexBundle
@@ -84,16 +84,25 @@ def rank_queries_for(
 
 @dataclass(frozen=True)
 class Blending:
-    """The blend and the catalog its features read (the index side's, for the candidates' posts)."""
+    """The blend and the catalog and user lists its features read (the index side's, that found the candidates)."""
 
     blend: RecommendBlend
     posts: PostCatalog
+    lists: UserLists
 
-    def score(self, candidates: Sequence[Mapping[str, Any]], scored: Mapping[str, np.ndarray]) -> np.ndarray:
-        return self.blend.score(blend_features(candidates, np.asarray(scored["rank_score"]), self.posts))
+    @classmethod
+    def of(cls, blend: RecommendBlend | None, index: IndexBundle) -> Blending | None:
+        return None if blend is None else cls(blend, index.posts, index.lists)
+
+    def score(
+        self, user_id: int, candidates: Sequence[Mapping[str, Any]], scored: Mapping[str, np.ndarray]
+    ) -> np.ndarray:
+        features = blend_features(candidates, np.asarray(scored["rank_score"]), self.posts, self.lists, user_id)
+        return self.blend.score(features)
 
 
 def recommendations(
+    user_ids: Sequence[int],
     candidate_lists: Sequence[list[dict[str, Any]] | RequestError],
     to_rank: Sequence[int],
     ranked: Sequence[Mapping[str, np.ndarray] | RequestError],
@@ -107,7 +116,7 @@ def recommendations(
             results[i] = scored
             continue
         candidates: list[dict[str, Any]] = candidate_lists[i]  # type: ignore[assignment]
-        blend_score = None if blending is None else blending.score(candidates, scored)
+        blend_score = None if blending is None else blending.score(int(user_ids[i]), candidates, scored)
         results[i] = select_top(candidates, scored, ks[i], blend_score)
     return results
 
@@ -122,7 +131,7 @@ def rank_candidates(
     """Rank each user's candidates (IndexBundle.candidates output) and keep the top ks[i]: one ranker call."""
     to_rank, rank_queries = rank_queries_for(user_ids, candidate_lists)
     ranked = ranker.rank(rank_queries) if rank_queries else []
-    return recommendations(candidate_lists, to_rank, ranked, ks, blending)
+    return recommendations(user_ids, candidate_lists, to_rank, ranked, ks, blending)
 
 
 def recommend_batch(
@@ -136,8 +145,7 @@ def recommend_batch(
 ) -> list[list[dict[str, Any]] | RequestError]:
     """Candidates -> rank -> (blend) -> top k for a batch of users (seen posts excluded by the candidate step)."""
     candidate_lists = index.candidates([CandidateQuery(int(u), num_candidates, sources) for u in user_ids])
-    blending = None if blend is None else Blending(blend, index.posts)
-    return rank_candidates(ranker, user_ids, candidate_lists, [k] * len(user_ids), blending)
+    return rank_candidates(ranker, user_ids, candidate_lists, [k] * len(user_ids), Blending.of(blend, index))
 
 
 def recommend(

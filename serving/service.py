@@ -130,10 +130,10 @@ class ServingState:
         index, ranker = self._index(), self._ranker()
         sources = tuple(self.spec.serve.candidate_sources)
         candidate_lists = index.candidates([CandidateQuery(q.user_id, q.num_candidates, sources) for q in queries])
-        # The blend reads this index bundle's catalog: the one the candidates came from, even across a swap.
-        blending = None if self.blend is None else Blending(self.blend, index.posts)
+        # The blend reads this index bundle's catalog and lists: the ones the candidates came from, even across a swap.
         return rank_candidates(
-            ranker, [q.user_id for q in queries], candidate_lists, [q.k for q in queries], blending
+            ranker, [q.user_id for q in queries], candidate_lists, [q.k for q in queries],
+            Blending.of(self.blend, index),
         )
 
     def versions(self) -> dict[str, Any]:

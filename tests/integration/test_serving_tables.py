@@ -54,7 +54,9 @@ def _make_dataset(root: Path, seed: int = 3) -> dict[str, pd.DataFrame]:
         "has_media": rng.random(80) < 0.3,
         "text_length": rng.integers(5, 280, 80).astype(np.int32),
     })
-    posts["text"] = [f"post {p}" for p in posts["post_id"]]
+    # Two subjects with their own words, so the topic model has something to find.
+    subjects = {0: "kitten purr whiskers meow", 1: "compiler borrow cargo crate"}
+    posts["text"] = [f"{subjects[int(p) % 2]} post {p}" for p in posts["post_id"]]
     # Ten-minute buckets over two days: a user often has two events at the same instant.
     n = 600
     engagements = pd.DataFrame({
@@ -160,6 +162,21 @@ def test_post_features_match_the_raw_tables(exported, dataset):
         assert row["post_text_length"] == float(post.text_length)
     # The last instant's events count: the snapshot is after them, not at them.
     assert got.loc[7, "post_likes_so_far"] == counts.loc[7, "like"] >= 1
+
+
+def test_post_topics_separate_the_two_subjects(exported, dataset):
+    config, frames, _ = dataset
+    result = exported["post"]
+    assert result["topics"]["column"] == "topics" and result["topics"]["fitted_on_posts"] == 80
+    table = _read(config, "post", result["version"]).sort_by("post_id")
+    topics = np.asarray(table.column("topics").to_pylist(), dtype=np.float32)
+    assert topics.shape == (80, result["topics"]["num_topics"])
+    assert np.allclose(topics.sum(axis=1), 1.0, atol=1e-5)
+    main_topic = topics.argmax(axis=1)
+    subject = table.column("post_id").to_numpy() % 2
+    # Every post of a subject has the same main topic, and the two subjects' differ.
+    assert len(set(main_topic[subject == 0])) == 1 and len(set(main_topic[subject == 1])) == 1
+    assert main_topic[subject == 0][0] != main_topic[subject == 1][0]
 
 
 def test_user_lists_are_capped_newest_first_and_deduplicated(exported, dataset):

@@ -20,6 +20,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from embeddings.config import TopicModelConfig
+from embeddings.topics import fit_topic_model
 from jobs.contract import POSITIVE_EVENTS
 from ranking.config import DiscretizerConfig, RankerConfig
 from ranking.discretizer import fit_discretizer
@@ -29,7 +31,7 @@ from ranking.scorer import compute_split_vectors
 from ranking.training import save_ranker
 from retrieval.config import IndexConfig
 from retrieval.index import build_index, save_index
-from serving.arrays import read_table
+from serving.arrays import TOPICS_COLUMN, read_table
 from serving.ranker_side import PostTable, post_table_from_artifact
 from storage.store import Store
 
@@ -166,10 +168,10 @@ def _post_feature_table(data_path: str, seed: int) -> tuple[pa.Table, int]:
     with user vectors (snapshot_us == as_of_us) is exercised.
 
     Returns:
-        The table (post_id, author_id, created_at_us, post feature columns) and its snapshot time (us).
+        The table (post_id, author_id, created_at_us, post feature columns, topics) and its snapshot time (us).
     """
     root = Path(data_path)
-    posts = read_table(str(root / "posts"), ["post_id", "author_id", "created_at", "has_media", "text_length"])
+    posts = read_table(str(root / "posts"), ["post_id", "author_id", "created_at", "has_media", "text_length", "text"])
     engagements = read_table(str(root / "engagements"), ["post_id", "event", "ts"])
     follows = read_table(str(root / "follows"), ["followee_id"])
     post_ids = posts.column("post_id").to_numpy().astype(np.int64)
@@ -187,6 +189,7 @@ def _post_feature_table(data_path: str, seed: int) -> tuple[pa.Table, int]:
 
     authors, follower_counts = np.unique(follows.column("followee_id").to_numpy(), return_counts=True)
     followers = dict(zip(authors.tolist(), follower_counts.tolist(), strict=True))
+    texts = [posts.column("text")[int(i)].as_py() for i in order]
     table = pa.table(
         {
             "post_id": post_ids,
@@ -201,6 +204,7 @@ def _post_feature_table(data_path: str, seed: int) -> tuple[pa.Table, int]:
             "post_replies_so_far": count(events == "reply"),
             "post_reposts_so_far": count(events == "repost"),
             "author_follower_count": np.asarray([followers.get(a, 0) for a in author_ids.tolist()], np.float64),
+            TOPICS_COLUMN: list(fit_topic_model(texts, TopicModelConfig()).transform(texts)),
         }
     )
     return table, snapshot_us

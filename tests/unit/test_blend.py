@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from serving.arrays import IdLists, PostCatalog
-from serving.blend import MAX_AGE_HOURS, RecommendBlend, blend_features, fit_blend
+from serving.arrays import IdLists, PostCatalog, UserLists, mean_by_key
+from serving.blend import MAX_AGE_HOURS, RecommendBlend, blend_features, fit_blend, topic_profiles
 from serving.config import BLEND_FEATURES, RecommendBlendConfig, ServeConfig
 from serving.recommend import select_top
 
@@ -15,16 +15,32 @@ HOUR_US = 3_600_000_000
 SNAPSHOT_US = 1_000 * HOUR_US
 
 
-def catalog(ages_hours: list[float], engagements: list[float]) -> PostCatalog:
+def catalog(
+    ages_hours: list[float], engagements: list[float], topics: np.ndarray | None = None, authors: list[int] | None = None
+) -> PostCatalog:
     n = len(ages_hours)
+    topics = np.zeros((n, 2), np.float32) if topics is None else np.asarray(topics, np.float32)
+    author_ids = np.ones(n, np.int64) if authors is None else np.asarray(authors, np.int64)
     return PostCatalog(
         post_ids=np.arange(1, n + 1, dtype=np.int64),
-        author_ids=np.ones(n, np.int64),
+        author_ids=author_ids,
         created_at_us=(SNAPSHOT_US - np.asarray(ages_hours) * HOUR_US).astype(np.int64),
         engagements_so_far=np.asarray(engagements, dtype=np.float64),
         snapshot_us=SNAPSHOT_US,
         author_posts=IdLists(np.zeros(0, np.int64), np.zeros(1, np.int64), np.zeros(0, np.int64)),
+        topics=topics,
+        author_topics=mean_by_key(author_ids, topics),
     )
+
+
+def user_lists(user_id: int, seen: list[int], engaged: list[int], followees: list[int]) -> UserLists:
+    def one(values: list[int]) -> IdLists:
+        return IdLists(np.asarray([user_id], np.int64), np.asarray([0, len(values)], np.int64), np.asarray(values, np.int64))
+
+    return UserLists(np.asarray([user_id], np.int64), one(engaged), one(seen), one(followees))
+
+
+NO_HISTORY = user_lists(7, [], [], [])
 
 
 def candidate(post_id: int, fused: float, *sources: str) -> dict:
@@ -35,7 +51,7 @@ def candidate(post_id: int, fused: float, *sources: str) -> dict:
 def test_features_read_the_ranker_score_fusion_age_popularity_and_sources():
     posts = catalog([2.0, 30.0, 500.0], [0.0, 9.0, 1.0])
     candidates = [candidate(3, 0.5, "trending"), candidate(1, 0.01, "followed", "content"), candidate(2, 0.0, "content")]
-    features = blend_features(candidates, np.array([0.2, 0.4, -np.inf]), posts)
+    features = blend_features(candidates, np.array([0.2, 0.4, -np.inf]), posts, NO_HISTORY, 7)
     assert features.shape == (3, len(BLEND_FEATURES))
     column = {name: features[:, i] for i, name in enumerate(BLEND_FEATURES)}
     assert np.allclose(column["log_rank_score"][:2], np.log([0.2, 0.4]))
@@ -45,6 +61,25 @@ def test_features_read_the_ranker_score_fusion_age_popularity_and_sources():
     assert np.allclose(column["log1p_engagements"], np.log1p([1.0, 0.0, 9.0]))
     assert column["in_trending"].tolist() == [1, 0, 0] and column["in_content"].tolist() == [0, 1, 1]
     assert column["in_followed"].tolist() == [0, 1, 0] and column["in_collaborative"].tolist() == [0, 0, 0]
+    # A user with no history and no followees has no topic profile: every affinity is 0.
+    for profile in ("seen", "engaged", "followed"):
+        assert column[f"topic_affinity_{profile}"].tolist() == [0.0, 0.0, 0.0]
+
+
+def test_topic_affinities_compare_each_candidate_with_what_the_user_saw_engaged_with_and_follows():
+    # Posts 1-3 are on topic 0, 4-5 on topic 1, 6 half and half; authors: 10 wrote 1-3, 20 wrote 4-6.
+    topics = np.array([[1, 0], [1, 0], [1, 0], [0, 1], [0, 1], [0.5, 0.5]])
+    posts = catalog([1.0] * 6, [0.0] * 6, topics, authors=[10, 10, 10, 20, 20, 20])
+    # Saw 1, 4 and 5, engaged with 1 only, follows author 20 (whose posts lean to topic 1) and an unknown id.
+    lists = user_lists(7, seen=[1, 4, 5], engaged=[1], followees=[20, 999])
+    profiles = topic_profiles(7, posts, lists)
+    assert np.allclose(profiles, [[1 / 3, 2 / 3], [1.0, 0.0], [0.5 / 3, 2.5 / 3]])
+    candidates = [candidate(2, 0.1, "content"), candidate(6, 0.1, "content"), candidate(5, 0.1, "content")]
+    features = blend_features(candidates, np.ones(3), posts, lists, 7)
+    column = {name: features[:, i] for i, name in enumerate(BLEND_FEATURES)}
+    assert np.allclose(column["topic_affinity_engaged"], [1.0, 0.5, 0.0])  # engaged on topic 0 only
+    assert np.allclose(column["topic_affinity_seen"], [1 / 3, 0.5, 2 / 3])
+    assert np.allclose(column["topic_affinity_followed"], [0.5 / 3, 0.5, 2.5 / 3])
 
 
 def test_fit_learns_that_fresh_posts_with_high_ranker_scores_are_engaged_with():
@@ -72,7 +107,8 @@ def test_fit_with_one_class_only_names_the_problem():
 
 
 def test_the_config_round_trips_and_rejects_a_blend_for_other_features():
-    blend = RecommendBlend(np.arange(1.0, 9.0), np.zeros(8), np.full(8, 2.0))
+    n = len(BLEND_FEATURES)
+    blend = RecommendBlend(np.arange(1.0, n + 1.0), np.zeros(n), np.full(n, 2.0))
     config = ServeConfig(recommend_blend=blend.to_config().model_dump())
     back = RecommendBlend.from_config(config.recommend_blend)
     assert back is not None and np.array_equal(back.weights, blend.weights)
@@ -80,10 +116,10 @@ def test_the_config_round_trips_and_rejects_a_blend_for_other_features():
     good = blend.to_config().model_dump()
     with pytest.raises(ValidationError, match="recommend_blend.features must be"):
         RecommendBlendConfig(**{**good, "features": list(reversed(BLEND_FEATURES))})
-    with pytest.raises(ValidationError, match="recommend_blend.weights must hold 8 finite numbers"):
+    with pytest.raises(ValidationError, match=f"recommend_blend.weights must hold {len(BLEND_FEATURES)} finite numbers"):
         RecommendBlendConfig(**{**good, "weights": [1.0, 2.0]})
     with pytest.raises(ValidationError, match="recommend_blend.scale must be positive"):
-        RecommendBlendConfig(**{**good, "scale": [0.0] * 8})
+        RecommendBlendConfig(**{**good, "scale": [0.0] * len(BLEND_FEATURES)})
 
 
 def test_the_blend_orders_and_its_ties_go_to_the_ranker_score():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from serving.arrays import IdLists, PostCatalog
+from serving.arrays import IdLists, PostCatalog, mean_by_key
 from serving.candidates import (
     NUM_RANK_BUCKETS,
     RRF_K,
@@ -36,6 +36,8 @@ def _catalog(rows: list[tuple[int, int, float, float]]) -> PostCatalog:
         engagements_so_far=engaged.astype(np.float64),
         snapshot_us=SNAPSHOT_US,
         author_posts=IdLists.from_pairs(author, post_id, created, cap=10),
+        topics=np.zeros((len(post_id), 1), np.float32),
+        author_topics=mean_by_key(author, np.zeros((len(post_id), 1), np.float32)),
     )
 
 
