@@ -212,4 +212,9 @@ class TopicModelConfig(BaseModel):
         200_000, description="Posts the model is fitted on (a deterministic sample); every post is transformed."
     )
     max_iter: PositiveInt = Field(300, description="NMF iterations.")
+    min_effective_topics: float = Field(
+        2.0, ge=1.0,
+        description="Least exp-entropy of the fitted posts' main topics: below it nearly every post has the same "
+        "main topic (a collapsed model), and the export fails rather than publish it.",
+    )
     seed: int = 7

@@ -246,6 +246,8 @@ def run_post_features(
     model, fitted_on = fit_post_topics(tables["posts"], config.topics)
     rows = rows.join(post_topic_rows(tables["posts"], model), on="post_id", how="left")
     manifest["topics"] = {"column": TOPICS_COLUMN, "num_topics": model.num_topics, "fitted_on_posts": fitted_on,
+                          "effective_topics": round(model.health.effective_topics, 3),
+                          "share_without_terms": round(model.health.share_without_terms, 4),
                           "config": config.topics.model_dump()}
     num_posts = tables["posts"].count()
     return _stage(Store(config.store.root), "post", manifest, rows, "post_id", num_posts, publish)
@@ -277,6 +279,10 @@ def _handle(args: argparse.Namespace, config: NearlineConfig) -> int:
         name = result["name"]
         print(f"features/{name} {result['version']}: {result['row_counts'][name]:,} rows "
               f"as of {result['snapshot_us']} µs" + ("" if args.no_publish else " (published)"))
+        if "topics" in result:
+            topics = result["topics"]
+            print(f"  topics: {topics['num_topics']} fitted on {topics['fitted_on_posts']:,} posts, "
+                  f"{topics['effective_topics']} effective, {topics['share_without_terms']:.1%} of posts without known terms")
     print(f"exported serving tables in {time.perf_counter() - started:.1f} s")
     return 0
 

@@ -168,6 +168,7 @@ def test_post_topics_separate_the_two_subjects(exported, dataset):
     config, frames, _ = dataset
     result = exported["post"]
     assert result["topics"]["column"] == "topics" and result["topics"]["fitted_on_posts"] == 80
+    assert result["topics"]["effective_topics"] >= 2.0 and result["topics"]["share_without_terms"] == 0.0
     table = _read(config, "post", result["version"]).sort_by("post_id")
     topics = np.asarray(table.column("topics").to_pylist(), dtype=np.float32)
     assert topics.shape == (80, result["topics"]["num_topics"])

@@ -46,8 +46,22 @@ def test_a_post_without_known_terms_gets_zeros_not_nan():
 
 
 def test_fewer_topics_than_asked_when_the_corpus_is_smaller():
-    model = fit_topic_model(["cat dog", "cat fish", "dog fish"], TopicModelConfig(num_topics=16))
-    assert model.num_topics == 3  # three posts: nndsvd cannot make more components than that
+    texts, _ = _posts(8)
+    model = fit_topic_model(texts, TopicModelConfig(num_topics=16))
+    assert model.num_topics == 8  # eight posts: nndsvd cannot make more components than that
+
+
+def test_health_counts_the_spread_of_main_topics_and_posts_without_terms():
+    texts, _ = _posts(300)
+    model = fit_topic_model([*texts, "", "", ""], TopicModelConfig(num_topics=3))
+    assert 2.7 < model.health.effective_topics <= 3.0 + 1e-6  # three subjects in about even shares
+    assert model.health.share_without_terms == pytest.approx(3 / 303)
+
+
+def test_a_collapsed_model_fails_instead_of_publishing():
+    # Every post says the same: one main topic for all, whatever the components.
+    with pytest.raises(ValueError, match=r"topic model collapsed: the 51 fitted posts spread over 1.00 effective topics"):
+        fit_topic_model(["same words here"] * 50 + ["other"], TopicModelConfig())
 
 
 def test_text_without_repeated_terms_is_a_clear_error():
