@@ -65,6 +65,13 @@ def write_tiny_dataset(data_path: str, num_users: int = 300, num_posts: int = 60
     base_us = int(_START.timestamp() * micro)
     post_created = base_us + rng.integers(0, 5 * 86_400, num_posts) * micro
     ts_type = pa.timestamp("us", tz="UTC")
+    # Words from the post's topic (a generator of their own, so the other draws stay as they were): the
+    # topic model the serving tables carry needs subjects to find.
+    word_rng = np.random.default_rng(seed + 1)
+    texts = [
+        " ".join([f"post {p}", *(f"t{t}w{w}" for w in word_rng.integers(0, 6, 4))])
+        for p, t in zip(post_ids.tolist(), post_topic.tolist(), strict=True)
+    ]
     _write(
         pa.table(
             {
@@ -82,7 +89,7 @@ def write_tiny_dataset(data_path: str, num_users: int = 300, num_posts: int = 60
             {
                 "post_id": post_ids,
                 "author_id": post_author,
-                "text": [f"post {p}" for p in post_ids],
+                "text": texts,
                 "created_at": pa.array(post_created, ts_type),
                 "has_media": rng.random(num_posts) < 0.3,
                 "text_length": pa.array(rng.integers(5, 280, num_posts), pa.int32()),
