@@ -199,19 +199,22 @@ def _publish_set(store: Store, versions: dict[str, str]) -> None:
 
 
 def _in_process(index, ranker, users: np.ndarray, repeats: int, blend: RecommendBlend | None) -> dict:
-    out = {}
-    for name, call in (
-        ("candidates", lambda u: index.candidates([CandidateQuery(int(u), 100)])),
-        ("recommend", lambda u: recommend(index, ranker, int(u), 50, 500, blend)),
-        ("recommend_ranker_order", lambda u: recommend(index, ranker, int(u), 50, 500)),
-    ):
-        latencies = []
-        for u in users[:repeats]:
-            started = time.perf_counter()
-            call(u)
-            latencies.append((time.perf_counter() - started) * 1000)
-        out[name] = _percentiles(latencies)
-    return out
+    calls = {
+        "candidates": lambda u: index.candidates([CandidateQuery(int(u), 100)]),
+        "recommend": lambda u: recommend(index, ranker, int(u), 50, 500, blend),
+        "recommend_ranker_order": lambda u: recommend(index, ranker, int(u), 50, 500),
+    }
+    latencies: dict[str, list[float]] = {name: [] for name in calls}
+    # Variants alternate in blocks of users, so a noisy moment on the shared cores lands on every variant
+    # alike; within a block one variant runs back to back, as a replica serving one route would.
+    block = 20
+    for start in range(0, min(repeats, len(users)), block):
+        for name, call in calls.items():
+            for u in users[start : min(start + block, repeats)]:
+                started = time.perf_counter()
+                call(u)
+                latencies[name].append((time.perf_counter() - started) * 1000)
+    return {name: _percentiles(values) for name, values in latencies.items()}
 
 
 def _in_process_batching(index, ranker, users: np.ndarray, batch_size: int = 32) -> dict:
