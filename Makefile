@@ -20,7 +20,7 @@ check-java:
 	@java -version 2>&1 | head -1 | grep -Eq '"(17|21)\.' || { echo "error: Spark needs Java 17 (or 21); found: $$(java -version 2>&1 | head -1)"; exit 1; }
 
 demo: $(STAMP) check-java
-	$(BIN)/python -m jobs.demo
+	$(BIN)/python -m cli.demo
 
 test: $(STAMP) check-java
 	$(BIN)/python -m pytest -q --durations=15 tests
@@ -32,8 +32,8 @@ integration: $(STAMP) check-java
 	$(BIN)/python -m pytest -q tests/integration
 
 lint: $(STAMP)
-	$(BIN)/ruff check jobs embeddings retrieval ranking serving storage tests bench
-	$(BIN)/mypy jobs embeddings retrieval ranking serving storage
+	$(BIN)/ruff check cli jobs evaluation inputs nearline embeddings retrieval ranking serving storage tests bench
+	$(BIN)/mypy cli jobs evaluation inputs nearline embeddings retrieval ranking serving storage
 	$(BIN)/lint-imports
 
 bench: $(STAMP) check-java

@@ -75,7 +75,7 @@ def linear_svm(split_dir: str, cs: tuple[float, ...] = (0.03, 0.1, 0.3)) -> dict
     from sklearn.pipeline import make_union
     from sklearn.svm import LinearSVC
 
-    from jobs.train_content_model import read_tweeteval_split
+    from inputs.labelled_text import read_tweeteval_split
 
     (train, y), (val, val_y), (test, test_y) = (read_tweeteval_split(split_dir, s) for s in ("train", "val", "test"))
     started = time.perf_counter()

@@ -22,9 +22,9 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-from jobs.config import load_config
 from jobs.generate_dataset import run
 from jobs.spark import build_spark_session
+from nearline.config import load_config
 
 
 def main() -> None:

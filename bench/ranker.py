@@ -34,8 +34,8 @@ import pandas as pd
 import torch
 from torch import nn
 
-from jobs.config import NearlineConfig, load_config
 from jobs.train_ranker import frame_to_examples
+from nearline.config import NearlineConfig, load_config
 from ranking.config import GROUP_NAMES, RankerConfig, TrainingConfig
 from ranking.discretizer import Discretizer, fit_discretizer, recalibrate
 from ranking.examples import RankingExamples

@@ -3,7 +3,7 @@
     python -m bench.recommend_ceiling --validation-store store/gen5 --validation-data data/gen6 \
         --store store/gen6 --data data/gen7 --fusion reports/fusion_generated.json
 
-The generated world plants P(engage | impression) (``jobs.synthetic.engagement_probabilities``: the
+The generated world plants P(engage | impression) (``inputs.synthetic.engagement_probabilities``: the
 user's interest in the post's topic, following the author, post quality), and its truth tables say what
 each user's interests and each post's topic and quality really are. So a ranker can be replaced by the
 planted probability itself: the best any impression-trained ranker could learn. Each ordering of the
@@ -34,19 +34,20 @@ import numpy as np
 import pyarrow.dataset as ds
 from sklearn.metrics import roc_auc_score
 
-from jobs.config import load_config
-from jobs.eval_recommend import (
+from evaluation.blend import fit_blend
+from evaluation.metrics import ranking_metrics
+from evaluation.recommend import (
     BATCH_USERS,
     evaluation_period,
     known_users,
     load_bundles,
-    ranking_metrics,
     sample_users,
     with_fusion_file,
 )
-from jobs.synthetic import engagement_probabilities
+from inputs.synthetic import engagement_probabilities
+from nearline.config import load_config
 from serving.api import CandidateQuery
-from serving.blend import RecommendBlend, blend_features, fit_blend
+from serving.blend import RecommendBlend, blend_features
 from serving.config import BLEND_FEATURES
 from serving.recommend import rank_queries_for
 
@@ -131,7 +132,7 @@ def labels_of(users: list[UserCandidates]) -> np.ndarray:
 
 
 def planted_order(validation: list[UserCandidates], keep_ranker: bool) -> Callable[[UserCandidates], np.ndarray]:
-    """The blend's fit (serving.blend.fit_blend) with the planted probability as a feature, on validation."""
+    """The blend's fit (evaluation.blend.fit_blend) with the planted probability as a feature, on validation."""
     blend = fit_blend(np.concatenate([with_planted(u, keep_ranker) for u in validation]), labels_of(validation))
     return lambda u: blend.score(with_planted(u, keep_ranker))
 

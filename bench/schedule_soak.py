@@ -21,10 +21,10 @@ import sys
 import time
 from pathlib import Path
 
-from jobs.config import load_config
 from jobs.generate_dataset import run as generate
 from jobs.schedule import RefreshLock
 from jobs.spark import build_spark_session
+from nearline.config import load_config
 from storage.store import Store
 
 
@@ -48,7 +48,7 @@ def main() -> None:
     generate(spark, config)
 
     log = (root / "schedule.log").open("w")
-    command = [sys.executable, "-m", "jobs.cli", "--config", "conf/local.yaml",
+    command = [sys.executable, "-m", "cli.main", "--config", "conf/local.yaml",
                *[a for o in overrides for a in ("--set", o)], "schedule"]
     scheduler = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
     lock = RefreshLock(config.refresh.lock_path)

@@ -39,7 +39,7 @@ import numpy as np
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-from jobs.config import load_config
+from nearline.config import load_config
 from retrieval.config import IndexConfig
 from serving.api import CandidateQuery, RankQuery
 from serving.blend import RecommendBlend

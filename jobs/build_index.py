@@ -13,7 +13,6 @@ and the reason is in the run record.
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 import json
 import os
@@ -22,8 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from jobs.cli import positive_int
-from jobs.config import NearlineConfig
+from nearline.config import NearlineConfig
 from retrieval.config import IndexConfig
 from retrieval.evaluation import plot_recall_qps, sweep_index
 from retrieval.index import (
@@ -47,7 +45,7 @@ class GateFailed(RuntimeError):
     refused. A RuntimeError, not a ValueError: the job ran and said no, so `nearline` exits 1, not 2."""
 
 
-def _index_config(config: NearlineConfig, name: str) -> IndexConfig:
+def configured_index(config: NearlineConfig, name: str) -> IndexConfig:
     if name not in config.indexes or name not in ID_COLUMNS:
         raise ValueError(f"unknown index {name!r}: expected one of {sorted(set(config.indexes) & set(ID_COLUMNS))}")
     return config.indexes[name]
@@ -73,7 +71,7 @@ def run(
         GateFailed: the gate failed; the version is staged but not published (see the run record).
         ValueError / StoreError: bad name, no embeddings, bad vectors.
     """
-    index_config = _index_config(config, name)
+    index_config = configured_index(config, name)
     store = Store(config.store.root)
     embedding_version = store.resolve("embeddings", name, embedding_version or "current")
     embedding_manifest = store.manifest("embeddings", name, embedding_version)
@@ -149,7 +147,7 @@ def run(
 
 def publish(config: NearlineConfig, name: str, version: str | None, force: bool = False) -> str:
     """Make a version (default: the latest) the serving one, if it passed its gate (or force)."""
-    index_config = _index_config(config, name)
+    index_config = configured_index(config, name)
     store = Store(config.store.root)
     version = store.resolve("indexes", name, version or "latest")
     gate = store.manifest("indexes", name, version).get("gate", {})
@@ -165,7 +163,7 @@ def publish(config: NearlineConfig, name: str, version: str | None, force: bool 
 
 def list_versions(config: NearlineConfig, name: str) -> list[dict[str, Any]]:
     """One row per complete version, oldest first, with its counts, recall and gate outcome."""
-    _index_config(config, name)
+    configured_index(config, name)
     store = Store(config.store.root)
     current = store.current("indexes", name)
     rows = []
@@ -188,7 +186,7 @@ def evaluate(
     config: NearlineConfig, name: str, version: str | None, out_dir: str, num_queries: int = 1000
 ) -> dict[str, Any]:
     """Recall@10/@100 and QPS across search-parameter values for a stored version, against exact search."""
-    index_config = _index_config(config, name)
+    index_config = configured_index(config, name)
     store = Store(config.store.root)
     version = store.resolve("indexes", name, version or "current")
     manifest = store.manifest("indexes", name, version)
@@ -212,85 +210,3 @@ def evaluate(
 
 
 # ---------------------------------------------------------------- command line
-
-
-def _handle_build(args: argparse.Namespace, config: NearlineConfig) -> int:
-    result = run(config, args.name, args.embedding_version, publish=not args.no_publish)
-    print(
-        f"indexes/{args.name} {result['version']}: {result['row_counts']['vectors']:,} vectors "
-        f"{result['factory_string']} ({result['metric']}, dim {result['dim']}, {result['device']}), "
-        f"{', '.join(f'{k} {v}' for k, v in result['metrics'].items())}, "
-        f"built in {result['build_time_s']['total']:.1f} s; gate passed; "
-        + ("published" if result["published"] else "not published (--no-publish)")
-    )
-    return 0
-
-
-def _handle_publish(args: argparse.Namespace, config: NearlineConfig) -> int:
-    version = publish(config, args.name, args.version, args.force)
-    print(f"indexes/{args.name}: CURRENT -> {version}")
-    return 0
-
-
-def _handle_rollback(args: argparse.Namespace, config: NearlineConfig) -> int:
-    _index_config(config, args.name)
-    version = Store(config.store.root).rollback("indexes", args.name)
-    print(f"indexes/{args.name}: rolled back, CURRENT -> {version}")
-    return 0
-
-
-def _handle_list(args: argparse.Namespace, config: NearlineConfig) -> int:
-    rows = list_versions(config, args.name)
-    if not rows:
-        print(f"indexes/{args.name}: no versions")
-    for row in rows:
-        metrics = " ".join(f"{k}={v}" for k, v in row["metrics"].items())
-        gate = {True: "passed", False: "FAILED", None: "-"}[row["gate_passed"]]
-        print(
-            f"{'*' if row['current'] else ' '} {row['version']}  {row['vectors'] or 0:>10,} vectors  "
-            f"{row['factory_string']}  {metrics}  gate {gate}  embeddings {row['embedding_version']}"
-        )
-    return 0
-
-
-def _handle_eval(args: argparse.Namespace, config: NearlineConfig) -> int:
-    result = evaluate(config, args.name, args.version, args.out, args.queries)
-    for point in result["points"]:
-        print(
-            f"{result['parameter'] or '-'}={point['value']:<5} recall@10 {point['recall@10']:.3f}  "
-            f"recall@100 {point['recall@100']:.3f}  {point['qps']:>10,.0f} QPS"
-        )
-    print(f"indexes/{args.name} {result['version']}: wrote {', '.join(result['outputs'])}")
-    return 0
-
-
-def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("index")
-    commands = parser.add_subparsers(dest="index_command", metavar="ACTION", required=True)
-
-    build = commands.add_parser("build", help="build an index from embeddings, gate it, publish if it passes")
-    build.add_argument("name", choices=sorted(ID_COLUMNS))
-    build.add_argument("--embedding-version", help="embeddings version (default: CURRENT, else the latest)")
-    build.add_argument("--no-publish", action="store_true", help="stage only, even if the gate passes")
-    build.set_defaults(handler=_handle_build)
-
-    pub = commands.add_parser("publish", help="make a version the serving one (default: the latest)")
-    pub.add_argument("name", choices=sorted(ID_COLUMNS))
-    pub.add_argument("--version")
-    pub.add_argument("--force", action="store_true", help="publish even if the version failed its gate")
-    pub.set_defaults(handler=_handle_publish)
-
-    back = commands.add_parser("rollback", help="switch back to the previously published version")
-    back.add_argument("name", choices=sorted(ID_COLUMNS))
-    back.set_defaults(handler=_handle_rollback)
-
-    show = commands.add_parser("list", help="versions with counts, recall and gate outcome (* = CURRENT)")
-    show.add_argument("name", choices=sorted(ID_COLUMNS))
-    show.set_defaults(handler=_handle_list)
-
-    ev = commands.add_parser("eval", help="recall@10/@100 and QPS across search parameters; JSON + PNG")
-    ev.add_argument("name", choices=sorted(ID_COLUMNS))
-    ev.add_argument("--version", help="index version (default: CURRENT, else the latest)")
-    ev.add_argument("--out", default="reports", help="directory for index_<name>_eval.json/.png")
-    ev.add_argument("--queries", type=positive_int, default=1000, help="query vectors sampled from the embeddings")
-    ev.set_defaults(handler=_handle_eval)

@@ -20,17 +20,14 @@ Split: by impression time: the latest ``test_fraction`` of impressions is the te
 
 from __future__ import annotations
 
-import argparse
-import time
 from collections.abc import Mapping
 
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
-from jobs.config import NearlineConfig
-from jobs.contract import POSITIVE_EVENTS
+from inputs.contract import POSITIVE_EVENTS
 from jobs.io import write_parquet_deterministic
-from jobs.spark import build_spark_session
+from nearline.config import NearlineConfig
 from storage.store import Store
 
 WINDOWS_DAYS = (1, 7, 28)
@@ -430,21 +427,3 @@ def run(spark: SparkSession, config: NearlineConfig, content_version: str | None
     finally:
         rows.unpersist()
     return staged.version, staged.manifest
-
-
-def _handle(args: argparse.Namespace, config: NearlineConfig) -> int:
-    started = time.perf_counter()
-    spark = build_spark_session(config.spark, expected_rows=2_000_000, app_suffix="features")
-    version, manifest = run(spark, config)
-    counts = manifest["row_counts"]
-    print(
-        f"features/ranking {version}: train {counts['train']:,}, validation {counts['validation']:,}, "
-        f"test {counts['test']:,} rows (engage rate {manifest['train_positive_rates']['engage']:.3f}) "
-        f"in {time.perf_counter() - started:.1f} s"
-    )
-    return 0
-
-
-def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("features")
-    parser.set_defaults(handler=_handle)

@@ -22,9 +22,7 @@ never published, and EmbeddingHealthFailed names the version and the failed chec
 
 from __future__ import annotations
 
-import argparse
 import functools
-import time
 from collections.abc import Iterator
 from typing import Any, cast
 
@@ -36,10 +34,9 @@ from pyspark.sql import functions as F
 from pyspark.sql.window import Window
 
 from embeddings.config import EmbeddingHealthConfig
-from jobs.config import NearlineConfig, UserInterestConfig
-from jobs.contract import POSITIVE_EVENTS
+from inputs.contract import POSITIVE_EVENTS
 from jobs.io import write_parquet_deterministic
-from jobs.spark import build_spark_session
+from nearline.config import NearlineConfig, UserInterestConfig
 from storage.store import Store, config_hash
 
 
@@ -248,42 +245,8 @@ def with_health(store: Store, kind: str, result: tuple[str, int]) -> tuple[str, 
                      "gate": health.get("gate")}
 
 
-def _health_line(health: dict[str, Any]) -> str:
+def health_line(health: dict[str, Any]) -> str:
     parts = [f"{key} {health[key]:.3f}" for key in ("mean_cosine", "effective_rank", "nn_agreement",
                                                    "chance_agreement", "nn_lift") if health.get(key) is not None]
     return f"health ({health.get('truth') or 'no truth labels'}): " + ", ".join(parts) + \
         f"; gate {'passed' if health['gate']['passed'] else 'FAILED'}"
-
-
-def _handle_content(args: argparse.Namespace, config: NearlineConfig) -> int:
-    started = time.perf_counter()
-    store = Store(config.store.root)
-    spark = build_spark_session(config.spark, app_suffix="export-content")
-    version, rows = run_content(spark, config, store, args.model_version, not args.no_publish)
-    elapsed = time.perf_counter() - started
-    print(f"encoded {rows:,} posts in {elapsed:.1f} s ({rows / elapsed:,.0f} posts/s) -> embeddings/content/{version}")
-    print(_health_line(store.manifest("embeddings", "content", version)["health"]))
-    return 0
-
-
-def _handle_user_interest(args: argparse.Namespace, config: NearlineConfig) -> int:
-    started = time.perf_counter()
-    store = Store(config.store.root)
-    spark = build_spark_session(config.spark, app_suffix="export-user-interest")
-    version, rows = run_user_interest(spark, config, store, args.content_version, not args.no_publish)
-    print(f"pooled {rows:,} user interest vectors in {time.perf_counter() - started:.1f} s "
-          f"-> embeddings/user_interest/{version}")
-    print(_health_line(store.manifest("embeddings", "user_interest", version)["health"]))
-    return 0
-
-
-def register_export(exports: argparse._SubParsersAction) -> None:
-    """Adds `export content` and `export user-interest` to the `export` command."""
-    content = exports.add_parser("content", help="content embeddings of every post (Spark)")
-    content.add_argument("--model-version", help="content model version (default: CURRENT)")
-    content.add_argument("--no-publish", action="store_true", help="stage the version without publishing it")
-    content.set_defaults(handler=_handle_content)
-    interest = exports.add_parser("user-interest", help="users' pooled interest vectors (Spark)")
-    interest.add_argument("--content-version", help="content embedding version (default: CURRENT)")
-    interest.add_argument("--no-publish", action="store_true", help="stage the version without publishing it")
-    interest.set_defaults(handler=_handle_user_interest)

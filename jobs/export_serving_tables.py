@@ -21,7 +21,7 @@ features the ranker was trained on rather than a second implementation of them.
 
 Lists are newest first, each id once (at its latest time), ties broken by id descending so that the
 output does not depend on Spark's task order: ``engaged`` holds posts with a positive event
-(``jobs.contract.POSITIVE_EVENTS``), at most ``serve.recent_posts_per_user``; ``seen`` holds posts with any
+(``inputs.contract.POSITIVE_EVENTS``), at most ``serve.recent_posts_per_user``; ``seen`` holds posts with any
 event, impressions included, at most ``serve.seen_posts_per_user``; ``followees`` holds accounts
 followed before the snapshot, most recently followed first, at most ``serve.followees_per_user``.
 A user without any history gets empty lists, not nulls.
@@ -29,7 +29,6 @@ A user without any history gets empty lists, not nulls.
 
 from __future__ import annotations
 
-import argparse
 import math
 import time
 from collections.abc import Iterator
@@ -41,12 +40,10 @@ from pyspark.sql import types as T
 
 from embeddings.config import TopicModelConfig
 from embeddings.topics import PostTopicModel, fit_topic_model
+from inputs.contract import POSITIVE_EVENTS
 from jobs.build_ranking_features import post_features, read_tables
-from jobs.config import NearlineConfig
-from jobs.contract import POSITIVE_EVENTS
-from jobs.io import write_parquet_deterministic
-from jobs.refresh import input_fingerprint
-from jobs.spark import build_spark_session
+from jobs.io import input_fingerprint, write_parquet_deterministic
+from nearline.config import NearlineConfig
 from serving.arrays import TOPICS_COLUMN
 from serving.config import ServeConfig
 from storage.store import Store
@@ -266,31 +263,3 @@ def run_user_lists(
         return _stage(Store(config.store.root), "user_lists", manifest, rows, "user_id", rows.count(), publish)
     finally:
         rows.unpersist()
-
-
-def _handle(args: argparse.Namespace, config: NearlineConfig) -> int:
-    started = time.perf_counter()
-    spark = build_spark_session(config.spark, expected_rows=1_000_000, app_suffix="export-serving-tables")
-    fingerprint = input_fingerprint(config.data.path)
-    for result in (
-        run_post_features(spark, config, not args.no_publish, fingerprint),
-        run_user_lists(spark, config, not args.no_publish, fingerprint),
-    ):
-        name = result["name"]
-        print(f"features/{name} {result['version']}: {result['row_counts'][name]:,} rows "
-              f"as of {result['snapshot_us']} µs" + ("" if args.no_publish else " (published)"))
-        if "topics" in result:
-            topics = result["topics"]
-            print(f"  topics: {topics['num_topics']} fitted on {topics['fitted_on_posts']:,} posts, "
-                  f"{topics['effective_topics']} effective, {topics['share_without_terms']:.1%} of posts without known terms")
-    print(f"exported serving tables in {time.perf_counter() - started:.1f} s")
-    return 0
-
-
-def register_export(kinds: argparse._SubParsersAction) -> None:
-    """Adds `export serving-tables` to the `export` command's kinds."""
-    parser = kinds.add_parser(
-        "serving-tables", help="features/post and features/user_lists as of the last event, for serving (Spark)"
-    )
-    parser.add_argument("--no-publish", action="store_true", help="stage the versions without publishing them")
-    parser.set_defaults(handler=_handle)

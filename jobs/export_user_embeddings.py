@@ -14,7 +14,6 @@ split is loaded once per Python worker process and reused across its partitions.
 
 from __future__ import annotations
 
-import argparse
 import functools
 import time
 from collections.abc import Iterator
@@ -30,10 +29,8 @@ from jobs.build_ranking_features import (
     user_author_features,
     user_features,
 )
-from jobs.cli import positive_int
-from jobs.config import NearlineConfig
 from jobs.io import write_parquet_deterministic
-from jobs.spark import build_spark_session
+from nearline.config import NearlineConfig
 from storage.store import Store
 
 GROUP_OF_KIND = {"user": "user", "user-author": "user_author"}
@@ -161,34 +158,3 @@ def run(
     if publish:
         store.publish("embeddings", group, staged.version)
     return {"version": staged.version, **staged.manifest}
-
-
-def _handle(args: argparse.Namespace, config: NearlineConfig) -> int:
-    started = time.perf_counter()
-    spark = build_spark_session(config.spark, expected_rows=1_000_000, app_suffix=f"export-{args.kind}")
-    result = run(
-        spark, config, args.kind, args.model_version, args.as_of_us, args.recent_days, not args.no_publish
-    )
-    group = GROUP_OF_KIND[args.kind]
-    print(
-        f"embeddings/{group} {result['version']}: {result['row_counts'][group]:,} vectors of dim {result['dim']} "
-        f"from ranker {result['model_version']} ({result['rows_per_s']:,.0f} rows/s) "
-        f"in {time.perf_counter() - started:.1f} s"
-    )
-    return 0
-
-
-def register_export(kinds: argparse._SubParsersAction) -> None:
-    """Adds `export user` and `export user-author` to the `export` command's kinds."""
-    for kind, help_text in (
-        ("user", "user vectors of every user from the ranker's user split (Spark)"),
-        ("user-author", "user-author vectors of follow edges and recent pairs (Spark)"),
-    ):
-        parser = kinds.add_parser(kind, help=help_text)
-        parser.add_argument("--model-version", default=None, help="ranker version (default: current)")
-        parser.add_argument(
-            "--as-of-us", type=int, default=None, help="feature time, µs (default: after last event)"
-        )
-        parser.add_argument("--recent-days", type=positive_int, default=28, help="user-author: window of recent pairs")
-        parser.add_argument("--no-publish", action="store_true", help="stage without making it CURRENT")
-        parser.set_defaults(handler=_handle, kind=kind)

@@ -16,20 +16,17 @@ swapped in at the end, so a failed run leaves the previous dataset untouched.
 
 from __future__ import annotations
 
-import argparse
 import functools
-import time
 from collections.abc import Callable, Iterator
 
 import pandas as pd
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql.utils import is_remote
 
-from jobs.config import GenerateConfig, NearlineConfig
-from jobs.contract import TABLE_SCHEMAS_DDL
+from inputs.contract import TABLE_SCHEMAS_DDL
+from inputs.synthetic import TABLE_GENERATORS, Skeleton, build_skeleton, cut_to_snapshot, num_blocks
 from jobs.io import write_dataset
-from jobs.spark import build_spark_session
-from jobs.synthetic import TABLE_GENERATORS, Skeleton, build_skeleton, cut_to_snapshot, num_blocks
+from nearline.config import GenerateConfig, NearlineConfig
 
 TRUTH_SCHEMAS_DDL = {
     "truth/user_topics": "user_id long, topic_weights array<float>, author_topic int, author_popularity float",
@@ -74,25 +71,3 @@ def run(spark: SparkSession, config: NearlineConfig) -> dict[str, int]:
         return write_dataset(tables, config.data.path, progress=True)
     finally:
         skeleton_broadcast.unpersist()
-
-
-def _handle(args: argparse.Namespace, config: NearlineConfig) -> int:
-    started = time.perf_counter()
-    print(
-        f"generating {config.generate.num_users:,} users (seed {config.generate.seed}) into {config.data.path}"
-    )
-    spark = build_spark_session(
-        config.spark, expected_rows=config.generate.num_users * 100, app_suffix="generate"
-    )
-    counts = run(spark, config)
-    elapsed = time.perf_counter() - started
-    total = sum(counts.values())
-    print(
-        f"generated {total:,} rows in {elapsed:.1f} s ({total / elapsed:,.0f} rows/s) -> {config.data.path}"
-    )
-    return 0
-
-
-def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("generate")
-    parser.set_defaults(handler=_handle)

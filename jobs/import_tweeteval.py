@@ -11,17 +11,13 @@ engagements are empty tables with the contract's schema.
 
 from __future__ import annotations
 
-import argparse
-import time
 from pathlib import Path
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from jobs.config import NearlineConfig
-from jobs.contract import TABLE_SCHEMAS_DDL
-from jobs.io import print_import_summary, write_dataset
-from jobs.spark import build_spark_session
+from inputs.contract import TABLE_SCHEMAS_DDL
+from jobs.io import write_dataset
 
 SPLITS = ("train", "val", "test")
 PSEUDO_AUTHOR_ID = 1
@@ -83,10 +79,3 @@ def run(spark: SparkSession, directory: str, out: str) -> dict[str, int]:
         "engagements": spark.createDataFrame([], TABLE_SCHEMAS_DDL["engagements"]),
     }
     return write_dataset(tables, out)
-
-
-def handle(args: argparse.Namespace, config: NearlineConfig) -> int:
-    started = time.perf_counter()
-    spark = build_spark_session(config.spark, expected_rows=50_000, app_suffix="import-tweeteval")
-    print_import_summary(args.directory, args.out, run(spark, args.directory, args.out), started)
-    return 0

@@ -15,16 +15,12 @@ contract's time order holds, and country/language are left empty.
 
 from __future__ import annotations
 
-import argparse
-import time
 from pathlib import Path
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from jobs.config import NearlineConfig
-from jobs.io import print_import_summary, write_dataset
-from jobs.spark import build_spark_session
+from jobs.io import write_dataset
 
 CASCADE_COLUMNS = ["dataset", "source_tweet_id", "author_uid", "engager_uid", "parent_uid",
                    "engager_tweet_id", "delay_min", "depth"]
@@ -109,10 +105,3 @@ def run(spark: SparkSession, directory: str, out: str) -> dict[str, int]:
         return write_dataset(tables, out)
     finally:
         cascades.unpersist()
-
-
-def handle(args: argparse.Namespace, config: NearlineConfig) -> int:
-    started = time.perf_counter()
-    spark = build_spark_session(config.spark, expected_rows=1_000_000, app_suffix="import-twitter1516")
-    print_import_summary(args.directory, args.out, run(spark, args.directory, args.out), started)
-    return 0

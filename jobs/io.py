@@ -8,14 +8,18 @@ same bytes under the same names, which is what lets `generate` promise
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import shutil
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pyarrow.parquet as pq
-from pyspark.sql import DataFrame
+
+if TYPE_CHECKING:  # refresh imports this module before it starts Spark
+    from pyspark.sql import DataFrame
 
 _PART = re.compile(r"^part-(\d+)-.*\.parquet$")
 
@@ -69,3 +73,16 @@ def replace_directory(new: Path, target: Path) -> None:
         os.replace(target, old)
     os.replace(new, target)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def input_fingerprint(data_path: str) -> str:
+    """Hash of every input file's path, size and mtime: cheap, and changes whenever data is appended."""
+    root = Path(data_path)
+    if not root.is_dir():
+        raise FileNotFoundError(f"dataset directory not found: {data_path}")
+    digest = hashlib.sha256()
+    for path in sorted(root.rglob("*")):
+        if path.is_file() and not path.name.startswith((".", "_")):
+            stat = path.stat()
+            digest.update(f"{path.relative_to(root).as_posix()}:{stat.st_size}:{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()[:16]

@@ -17,17 +17,15 @@ from the result with --set content.init_from=DIR (train) or --model DIR (finetun
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import time
 from typing import TYPE_CHECKING
 
 from embeddings.config import PretrainConfig
-from jobs.config import NearlineConfig
+from nearline.config import NearlineConfig
 
 if TYPE_CHECKING:
-    # Imported where used: `nearline --help` must not start pyspark (jobs.cli imports commands lazily).
+    # Imported where used: `nearline --help` must not start pyspark (cli.main imports commands lazily).
     from pyspark.sql import DataFrame, SparkSession
 
 LABELS_FILE = "_labels.json"
@@ -152,24 +150,3 @@ def run(spark: SparkSession, config: NearlineConfig, input_path: str, out_dir: s
     save_content_model(result.model, result.model.vocab, labels, config.content, out_dir)
     return {"out": out_dir, "labels": labels, "counts": counts, "num_train": len(train), "num_val": len(val),
             "val": result.metrics["val"], "train_s": result.metrics["train_s"]}
-
-
-def handle(args: argparse.Namespace, config: NearlineConfig) -> int:
-    from jobs.spark import build_spark_session
-
-    started = time.perf_counter()
-    spark = build_spark_session(config.spark, expected_rows=1_000_000, app_suffix="content-pretrain")
-    summary = run(spark, config, args.input, args.out, args.sample_fraction)
-    summary["wall_s"] = round(time.perf_counter() - started, 1)
-    print(json.dumps(summary, ensure_ascii=False))
-    return 0
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--input", required=True, metavar="PARQUET",
-                        help="Parquet file or directory with a text column (content.pretrain.text_column)")
-    parser.add_argument("--out", required=True, metavar="DIR",
-                        help="model directory; running again with the same DIR resumes an interrupted run")
-    parser.add_argument("--sample-fraction", type=float, default=1.0,
-                        help="use this share of the distinct posts (a hash sample), e.g. for a quick run")
-    parser.set_defaults(handler=handle)

@@ -18,7 +18,6 @@ reused, so re-running an unchanged refresh is cheap and publishes nothing new.
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 import hashlib
 import json
@@ -26,11 +25,10 @@ import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from jobs.cli import positive_int
-from jobs.config import NearlineConfig
+from jobs.io import input_fingerprint
+from nearline.config import NearlineConfig
 from storage.store import Store, config_hash, new_version
 
 # Artifacts a refresh publishes, in publish order: the indexes go last because
@@ -53,19 +51,6 @@ class StageFailed(RuntimeError):
     def __init__(self, stage: str, reason: str) -> None:
         super().__init__(f"stage {stage} failed: {reason}")
         self.stage, self.reason = stage, reason
-
-
-def input_fingerprint(data_path: str) -> str:
-    """Hash of every input file's path, size and mtime: cheap, and changes whenever data is appended."""
-    root = Path(data_path)
-    if not root.is_dir():
-        raise FileNotFoundError(f"dataset directory not found: {data_path}")
-    digest = hashlib.sha256()
-    for path in sorted(root.rglob("*")):
-        if path.is_file() and not path.name.startswith((".", "_")):
-            stat = path.stat()
-            digest.update(f"{path.relative_to(root).as_posix()}:{stat.st_size}:{stat.st_mtime_ns}\n".encode())
-    return digest.hexdigest()[:16]
 
 
 def stage_key(stage: str, *parts: Any) -> str:
@@ -131,7 +116,7 @@ class RefreshRun:
 
 
 def _validate_input(config: NearlineConfig) -> tuple[None, dict[str, Any]]:
-    from jobs.contract import read_tables, validate_tables
+    from inputs.contract import read_tables, validate_tables
 
     report = validate_tables(read_tables(config.data.path))
     if not report.ok:
@@ -285,37 +270,3 @@ def render_record(record: dict[str, Any]) -> str:
         lines.append(f"  failed at {record['failed_stage']}: {record['reason']}; serving versions unchanged")
     lines.append(f"  record: {record.get('record_path')}")
     return "\n".join(lines)
-
-
-def _handle_refresh(args: argparse.Namespace, config: NearlineConfig) -> int:
-    record = run_refresh(config)
-    print(render_record(record))
-    return 0 if record["outcome"] in ("success", "unchanged") else 1
-
-
-def _handle_runs(args: argparse.Namespace, config: NearlineConfig) -> int:
-    store = Store(config.store.root)
-    records = store.runs(limit=args.limit)
-    if not records:
-        print(f"no runs recorded in {store.root / 'runs'}")
-        return 0
-    print(f"{'run id':<28} {'job':<12} {'outcome':<12} {'seconds':>8}  detail")
-    for record in records:
-        job = record.get("job", "refresh")
-        detail = record.get("reason") or ", ".join(sorted(record.get("published", {}))) or ""
-        if record.get("failed_stage"):
-            detail = f"{record['failed_stage']}: {detail}"
-        elif job != "refresh":
-            detail = f"{record.get('artifact', '')} {record.get('version', '')}"
-        print(f"{record['run_id']:<28} {job:<12} {record.get('outcome', '?'):<12} "
-              f"{record.get('seconds') or 0:>8.1f}  {detail[:100]}")
-    return 0
-
-
-def register(subparsers: argparse._SubParsersAction) -> None:
-    refresh = subparsers.add_parser("refresh")
-    refresh.set_defaults(handler=_handle_refresh)
-    runs = subparsers.add_parser("runs")
-    runs.add_argument("--limit", type=positive_int, default=20, help="newest first (default 20)")
-    runs.set_defaults(handler=_handle_runs)
-

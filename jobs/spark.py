@@ -16,7 +16,7 @@ import sys
 
 from pyspark.sql import SparkSession
 
-from jobs.config import SparkConfig
+from nearline.config import SparkConfig
 
 
 class JavaMissingError(RuntimeError):

@@ -14,7 +14,6 @@ ranges and features get new ids), and its weights are mapped by name and shape.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import time
@@ -24,7 +23,7 @@ from typing import cast
 import numpy as np
 import pandas as pd
 
-from jobs.config import NearlineConfig
+from nearline.config import NearlineConfig
 from ranking.config import RankerConfig
 from ranking.discretizer import Discretizer, fit_discretizer, quantile_probabilities, recalibrate
 from ranking.examples import RankingExamples, build_examples
@@ -254,29 +253,3 @@ def run(config: NearlineConfig, warm_start_from: str, sample_fraction: float, pu
         + f", AUC {test_metrics['auc']:.4f}, RCE {test_metrics['rce']:.2f} in {time.perf_counter() - started:.1f} s"
     )
     return {"version": staged.version, **staged.manifest}
-
-
-def _handle(args: argparse.Namespace, config: NearlineConfig) -> int:
-    warm = args.warm_start_from or config.ranker.warm_start_from
-    fraction = config.ranker.sample_fraction if args.sample_fraction is None else args.sample_fraction
-    run(config, warm, fraction, publish=not args.no_publish)
-    return 0
-
-
-def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("ranker")
-    actions = parser.add_subparsers(dest="ranker_command", metavar="ACTION", required=True)
-    train = actions.add_parser(
-        "train", help="read features (Spark), fit discretizer, train, calibrate, publish models/ranker"
-    )
-    train.add_argument(
-        "--warm-start-from",
-        default=None,
-        metavar="latest|VERSION|none",
-        help="parent checkpoint (default: ranker.warm_start_from)",
-    )
-    train.add_argument("--sample-fraction", type=float, default=None, help="fraction of training rows to use")
-    train.add_argument(
-        "--no-publish", action="store_true", help="stage the version without making it CURRENT"
-    )
-    train.set_defaults(handler=_handle)

@@ -14,13 +14,10 @@ rows into Ray's object store, and the Ray cluster stays dedicated to serving.
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Callable, Mapping
 
 import torch
 
-from jobs.cli import positive_int
-from jobs.config import NearlineConfig
 from ranking.config import RankerConfig
 from ranking.distributed import finish_training, train_worker
 from ranking.examples import RankingExamples
@@ -57,25 +54,3 @@ def distributed_trainer(num_workers: int, local_mode: bool = False) -> Callable[
         return finish_training(config, outcome, val, curves_path)
 
     return trainer
-
-
-def _handle(args: argparse.Namespace, config: NearlineConfig) -> int:
-    from jobs.train_ranker import run
-
-    warm = args.warm_start_from or config.ranker.warm_start_from
-    fraction = config.ranker.sample_fraction if args.sample_fraction is None else args.sample_fraction
-    run(config, warm, fraction, publish=not args.no_publish,
-        trainer=distributed_trainer(args.num_workers, args.local_mode))
-    return 0
-
-
-def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("ranker-distributed")
-    parser.add_argument("--num-workers", type=positive_int, default=2, help="training processes (default 2)")
-    parser.add_argument("--local-mode", action="store_true",
-                        help="run the workers on the driver (torchrun) instead of as Spark barrier tasks")
-    parser.add_argument("--warm-start-from", default=None, metavar="latest|VERSION|none",
-                        help="parent checkpoint (default: ranker.warm_start_from)")
-    parser.add_argument("--sample-fraction", type=float, default=None, help="fraction of training rows to use")
-    parser.add_argument("--no-publish", action="store_true", help="stage the version without making it CURRENT")
-    parser.set_defaults(handler=_handle)

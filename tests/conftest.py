@@ -62,8 +62,8 @@ def assert_same_files():
 @pytest.fixture(scope="session")
 def spark():
     """One local[2] session for the whole test run (JVM start costs seconds)."""
-    from jobs.config import SparkConfig
     from jobs.spark import build_spark_session
+    from nearline.config import SparkConfig
 
     session = build_spark_session(SparkConfig(master="local[2]", driver_memory="2g", app_name="nearline-tests"))
     yield session
@@ -73,8 +73,8 @@ def spark():
 @pytest.fixture(scope="session")
 def tiny_dataset(spark, tmp_path_factory: pytest.TempPathFactory):
     """A generated 1,000-user dataset and the config that made it, shared by integration tests."""
-    from jobs.config import load_config
     from jobs.generate_dataset import run
+    from nearline.config import load_config
 
     root = tmp_path_factory.mktemp("nearline")
     config = load_config(None, [

@@ -18,7 +18,7 @@ FAST_CONTENT = ["content.epochs=2", "content.embedding_dim=32", "content.lstm_hi
 def gated_store(spark, tiny_dataset, tmp_path_factory):
     """A store serving a trained content model and its (healthy) content embeddings."""
     from jobs import export_content_embeddings, train_content_model
-    from jobs.config import load_config
+    from nearline.config import load_config
 
     root = tmp_path_factory.mktemp("gate")
     config = load_config(None, [f"data.path={tiny_dataset.data.path}", f"store.root={root / 'store'}",

@@ -20,8 +20,8 @@ SMALL = ["content.epochs=1", "content.embedding_dim=16", "content.lstm_hidden=16
 
 @pytest.fixture(scope="module")
 def pretrained(spark, tiny_dataset, tmp_path_factory):
-    from jobs.config import load_config
     from jobs.pretrain_content_model import run
+    from nearline.config import load_config
 
     root = tmp_path_factory.mktemp("pretrain")
     # Any Parquet with a text column: here the posts table under another column name.

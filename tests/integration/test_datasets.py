@@ -5,7 +5,7 @@ from pathlib import Path
 import pyarrow.dataset as ds
 import pytest
 
-from jobs.contract import read_tables, validate_tables
+from inputs.contract import read_tables, validate_tables
 
 pytestmark = [pytest.mark.spark, pytest.mark.slow]
 

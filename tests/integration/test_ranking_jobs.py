@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 
 from jobs import build_ranking_features, export_user_embeddings, train_ranker
-from jobs.config import load_config
+from nearline.config import load_config
 from ranking.training import load_ranker
 from storage.store import Store
 

@@ -32,7 +32,7 @@ def _serving(store: Store) -> dict[str, str | None]:
 
 @pytest.fixture(scope="module")
 def refresh_config(tiny_dataset, tmp_path_factory):
-    from jobs.config import load_config
+    from nearline.config import load_config
 
     root = tmp_path_factory.mktemp("refresh")
     overrides = [f"data.path={tiny_dataset.data.path}", f"store.root={root / 'store'}", "spark.master=local[2]",
@@ -107,7 +107,7 @@ def test_killed_refresh_publishes_nothing_half_and_the_next_one_recovers(first_r
     # A new content index spec: every upstream stage is reused, so the child gets to the index build fast.
     # (Probing more lists than the default keeps the index well above the gate's recall floor.)
     changed = [*overrides, "indexes.content.search.nprobe=40"]
-    args = [sys.executable, "-m", "jobs.cli", *[a for o in changed for a in ("--set", o)], "refresh"]
+    args = [sys.executable, "-m", "cli.main", *[a for o in changed for a in ("--set", o)], "refresh"]
     before = _serving(store)
     child = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     # Only a safety net: a child that hangs silently is killed, its output ends and the assert below fails.

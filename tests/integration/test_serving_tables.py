@@ -16,10 +16,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from jobs.config import NearlineConfig, load_config
-from jobs.contract import POSITIVE_EVENTS
+from inputs.contract import POSITIVE_EVENTS
 from jobs.export_serving_tables import run_post_features, run_user_lists
-from jobs.refresh import input_fingerprint
+from jobs.io import input_fingerprint
+from nearline.config import NearlineConfig, load_config
 from storage.store import Store
 
 pytestmark = pytest.mark.spark
@@ -244,7 +244,7 @@ def test_same_input_gives_identical_files(spark, exported, dataset):
 
 
 def test_cli_exports_and_publishes_both(spark, exported, dataset):
-    from jobs.cli import main
+    from cli.main import main
 
     config, _, overrides = dataset
     store = Store(config.store.root)

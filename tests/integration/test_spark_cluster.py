@@ -23,8 +23,8 @@ import pyarrow.parquet as pq
 import pyspark
 import pytest
 
-from jobs.cli import main as nearline
-from jobs.config import config_to_yaml, load_config
+from cli.main import main as nearline
+from nearline.config import config_to_yaml, load_config
 from storage.store import Store
 
 pytestmark = [pytest.mark.spark, pytest.mark.slow]
@@ -295,7 +295,7 @@ def test_a_killed_executor_has_its_tasks_retried_and_loses_or_duplicates_no_row(
     apps_before = set(standalone_cluster.work_dir.glob("app-*"))
     log = tmp_path / "submit.log"
     job = subprocess.Popen(
-        [sys.executable, "-m", "jobs.cli", "--config", str(tiny_config_file), "--set", f"data.path={out}",
+        [sys.executable, "-m", "cli.main", "--config", str(tiny_config_file), "--set", f"data.path={out}",
          "--set", f"spark.master={standalone_cluster.url}", "--set", f"spark.python={sys.executable}",
          "submit", "--run", "--build-dir", str(tmp_path / "build"), "generate"],
         stdout=log.open("w"), stderr=subprocess.STDOUT, cwd=REPO_ROOT, start_new_session=True,
@@ -341,7 +341,7 @@ def connect_server(tmp_path_factory):
 def _connect_client(url: str, args: list[str]) -> subprocess.CompletedProcess:
     # A process of its own: a Connect session switches pyspark into Connect mode for the whole
     # process (SPARK_CONNECT_MODE_ENABLED), which the local session of the other tests must not see.
-    return subprocess.run([sys.executable, "-m", "jobs.cli", *args, "--set", f"spark.master={url}"],
+    return subprocess.run([sys.executable, "-m", "cli.main", *args, "--set", f"spark.master={url}"],
                           capture_output=True, text=True, cwd=REPO_ROOT, timeout=300)
 
 

@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 
 from embeddings.config import TopicModelConfig
 from embeddings.topics import fit_topic_model
-from jobs.contract import POSITIVE_EVENTS
+from inputs.contract import POSITIVE_EVENTS
 from ranking.config import DiscretizerConfig, RankerConfig
 from ranking.discretizer import fit_discretizer
 from ranking.examples import encode_group

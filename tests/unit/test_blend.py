@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
+from evaluation.blend import fit_blend
 from serving.arrays import IdLists, PostCatalog, UserLists, mean_by_key
-from serving.blend import MAX_AGE_HOURS, RecommendBlend, blend_features, fit_blend, topic_profiles
+from serving.blend import MAX_AGE_HOURS, RecommendBlend, blend_features, topic_profiles
 from serving.config import BLEND_FEATURES, RecommendBlendConfig, ServeConfig
 from serving.recommend import select_top
 

@@ -9,7 +9,7 @@ import sys
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from jobs.cli import COMMANDS, EXIT_CODES, build_parser, main
+from cli.main import COMMANDS, EXIT_CODES, build_parser, main
 
 
 def test_config_typo_exits_2_with_one_line(tmp_path, capsys):
@@ -80,7 +80,7 @@ def _all_parsers(parser: argparse.ArgumentParser):
 def test_help_and_query_import_no_heavy_library():
     # A fresh interpreter: this test process has long imported torch and the rest.
     script = (
-        "import json, sys; from jobs.cli import main; "
+        "import json, sys; from cli.main import main; "
         "codes = [main(['--help']), main(['query', '--url', 'http://127.0.0.1:9', 'health'])]; "
         "print(json.dumps([codes, [m for m in ('torch', 'pyspark', 'faiss', 'sklearn', 'ray') if m in sys.modules]]))"
     )

@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from jobs.config import ConfigError, load_config
+from nearline.config import ConfigError, load_config
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 

@@ -228,7 +228,7 @@ def test_multi_label_probe_and_chain_thaw_use_one_sigmoid_per_label(rng, tmp_pat
 
 
 def test_multi_label_jsonl_labels_as_names_or_as_deepmoji_vectors():
-    from jobs.train_content_model import encode_labels
+    from inputs.labelled_text import encode_labels
 
     names, encoded = encode_labels({"train": (["a", "b"], [["joy", "fear"], ["joy"]]),
                                     "test": (["c"], [["fear"]])})

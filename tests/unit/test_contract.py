@@ -3,7 +3,7 @@ import datetime as dt
 import pyarrow as pa
 import pytest
 
-from jobs.contract import validate_tables
+from inputs.contract import validate_tables
 
 T0 = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
 

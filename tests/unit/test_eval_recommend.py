@@ -13,20 +13,18 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 
-from jobs.config import load_config
-from jobs.eval_candidates import evaluate as evaluate_candidates
-from jobs.eval_recommend import (
+from evaluation.candidates import evaluate as evaluate_candidates
+from evaluation.metrics import fit_hit_rates, paired_difference, ranking_metrics
+from evaluation.recommend import (
     evaluate,
     evaluation_period,
-    fit_hit_rates,
     fit_recommend_blend,
-    paired_difference,
-    ranking_metrics,
     render,
     with_fusion_file,
     with_serve_settings,
     write_time_split,
 )
+from nearline.config import load_config
 from serving.api import CandidateQuery
 from serving.candidates import NUM_RANK_BUCKETS
 from serving.index_side import load_index_bundle

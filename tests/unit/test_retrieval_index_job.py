@@ -9,9 +9,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from cli.main import main
 from jobs.build_index import GateFailed, evaluate, list_versions, publish, run
-from jobs.cli import main
-from jobs.config import load_config
+from nearline.config import load_config
 from retrieval.synthetic import clustered_vectors
 from storage.store import Store
 

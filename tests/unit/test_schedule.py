@@ -5,8 +5,8 @@ import threading
 
 import pytest
 
-from jobs.config import RefreshConfig
 from jobs.schedule import Scheduler, missed_slots, next_fire_time
+from nearline.config import RefreshConfig
 
 T0 = dt.datetime(2026, 11, 22, 12, 0, 30, tzinfo=dt.timezone.utc)
 

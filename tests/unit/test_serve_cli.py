@@ -6,7 +6,7 @@ import socket
 
 import pytest
 
-from jobs.cli import main
+from cli.main import main
 from storage.store import Store
 from tests.support.serving_fixture import build_serving_set, write_tiny_dataset
 

@@ -1,8 +1,8 @@
 import numpy as np
 import pandas as pd
 
-from jobs.config import GenerateConfig
-from jobs.synthetic import EMOJIS, TABLE_GENERATORS, build_skeleton, num_blocks
+from inputs.synthetic import EMOJIS, TABLE_GENERATORS, build_skeleton, num_blocks
+from nearline.config import GenerateConfig
 
 CONFIG = GenerateConfig(num_users=1_000, users_per_block=400, num_days=4, seed=11)
 
@@ -70,7 +70,7 @@ def test_engagements_follow_their_posts_in_time():
 
 
 def test_an_earlier_snapshot_is_a_subset_of_a_later_one():
-    from jobs.synthetic import cut_to_snapshot
+    from inputs.synthetic import cut_to_snapshot
 
     day3 = CONFIG.model_copy(update={"through_day": 3})
     day4 = CONFIG.model_copy(update={"through_day": 4})

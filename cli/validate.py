@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import argparse
 
-from jobs.config import NearlineConfig
-from jobs.contract import read_tables, validate_tables
+from inputs.contract import read_tables, validate_tables
+from nearline.config import NearlineConfig
 
 
 def _handle(args: argparse.Namespace, config: NearlineConfig) -> int:

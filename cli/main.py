@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from jobs.config import ConfigError, load_config
+from nearline.config import ConfigError, load_config
 
 log = logging.getLogger("nearline")
 
@@ -22,27 +22,27 @@ log = logging.getLogger("nearline")
 # help lives here, not in the module, so that `nearline --help` lists every command without importing
 # the modules (with them torch, pyspark, sklearn and faiss: seconds before anything is printed).
 COMMANDS: dict[str, tuple[str, str]] = {
-    "generate": ("jobs.generate_dataset", "write the seeded synthetic dataset (Spark)"),
-    "import": ("jobs.import_data", "convert a public dataset into the data contract (Spark)"),
-    "validate": ("jobs.validate_dataset", "check a dataset against the data contract"),
-    "submit": ("jobs.submit", "print (or --run) the spark-submit command for a job"),
-    "features": ("jobs.build_ranking_features", "build point-in-time ranking rows (Spark)"),
-    "ranker": ("jobs.train_ranker", "train the split-network ranker"),
+    "generate": ("cli.generate", "write the seeded synthetic dataset (Spark)"),
+    "import": ("cli.imports", "convert a public dataset into the data contract (Spark)"),
+    "validate": ("cli.validate", "check a dataset against the data contract"),
+    "submit": ("cli.submit", "print (or --run) the spark-submit command for a job"),
+    "features": ("cli.features", "build point-in-time ranking rows (Spark)"),
+    "ranker": ("cli.ranker", "train the split-network ranker"),
     "ranker-distributed": (
-        "jobs.train_ranker_distributed", "`ranker train` with data-parallel training under TorchDistributor"
+        "cli.ranker", "`ranker train` with data-parallel training under TorchDistributor"
     ),
-    "export": ("jobs.export", "compute and store embeddings in batch (Spark)"),
-    "refresh": ("jobs.refresh", "rebuild and publish every artifact once (validated)"),
-    "runs": ("jobs.refresh", "list recent refresh/job runs"),
-    "schedule": ("jobs.schedule", "run refresh on the configured cron schedule"),
-    "eval": ("jobs.eval_candidates", "offline evaluation"),
-    "serve": ("jobs.serve_app", "run the Ray Serve app on a local Ray until Ctrl-C / SIGTERM"),
-    "query": ("jobs.serve_app", "call the serving app over HTTP and print the JSON answer"),
+    "export": ("cli.export", "compute and store embeddings in batch (Spark)"),
+    "refresh": ("cli.refresh", "rebuild and publish every artifact once (validated)"),
+    "runs": ("cli.refresh", "list recent refresh/job runs"),
+    "schedule": ("cli.schedule", "run refresh on the configured cron schedule"),
+    "eval": ("cli.evaluate", "offline evaluation"),
+    "serve": ("cli.serve", "run the Ray Serve app on a local Ray until Ctrl-C / SIGTERM"),
+    "query": ("cli.serve", "call the serving app over HTTP and print the JSON answer"),
     "rollback": (
-        "jobs.serve_app", "return serving to the previously published coherent versions (serving follows by poll)"
+        "cli.serve", "return serving to the previously published coherent versions (serving follows by poll)"
     ),
-    "content": ("jobs.train_content_model", "the DeepMoji-style content model"),
-    "index": ("jobs.build_index", "build, validate, publish and evaluate FAISS indexes"),
+    "content": ("cli.content", "the DeepMoji-style content model"),
+    "index": ("cli.index", "build, validate, publish and evaluate FAISS indexes"),
 }
 
 DEFAULT_CONFIG = "conf/local.yaml"
@@ -77,9 +77,9 @@ class _CommandsAction(argparse._SubParsersAction):
 
     def add_parser(self, name: str, **kwargs: Any) -> argparse.ArgumentParser:
         if name not in COMMANDS:
-            raise LookupError(f"command {name!r} is not in jobs.cli.COMMANDS: add it there with its module")
+            raise LookupError(f"command {name!r} is not in cli.main.COMMANDS: add it there with its module")
         if "help" in kwargs:
-            raise TypeError(f"command {name!r}: its help line belongs in jobs.cli.COMMANDS, not in register()")
+            raise TypeError(f"command {name!r}: its help line belongs in cli.main.COMMANDS, not in register()")
         summary = COMMANDS[name][1]
         kwargs.setdefault("description", summary)
         return super().add_parser(name, help=summary, **kwargs)

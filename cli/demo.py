@@ -27,12 +27,12 @@ from typing import Any
 import httpx
 import pyarrow.dataset as ds
 
-from jobs.config import NearlineConfig, load_config
-from jobs.eval_recommend import evaluate as evaluate_recommend
-from jobs.eval_recommend import render as render_recommend
+from evaluation.recommend import evaluate as evaluate_recommend
+from evaluation.recommend import render as render_recommend
 from jobs.generate_dataset import run as generate
 from jobs.refresh import render_record, run_refresh
 from jobs.spark import build_spark_session
+from nearline.config import NearlineConfig, load_config
 
 DEMO_ROOT = Path(".demo")
 
@@ -152,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     _banner("3. serve (local Ray Serve on 127.0.0.1)")
     ready_file = DEMO_ROOT / "serve-ready.json"
     server = subprocess.Popen(
-        [sys.executable, "-m", "jobs.cli", "--config", "conf/local.yaml",
+        [sys.executable, "-m", "cli.main", "--config", "conf/local.yaml",
          "--set", f"store.root={DEMO_ROOT / 'store'}", "--set", f"data.path={DEMO_ROOT / 'data'}",
          "--set", "serve.poll_interval_s=1", "serve", "--port", str(args.port), "--ready-file", str(ready_file),
          "--max-runtime-s", "900"],

@@ -4,7 +4,7 @@ Reads:  the index side of the serving set CURRENT in config.store.root (its feat
         holds the snapshot time) and --holdout-data (a later snapshot of the same world)
 Writes: --out JSON (default reports/candidates.json)
 
-The same time split, users, lists and metrics as ``nearline eval recommend`` (jobs/eval_recommend.py)
+The same time split, users, lists and metrics as ``nearline eval recommend`` (evaluation/recommend.py)
 without the ranker: recall@k (and NDCG@k, MRR@k) at each k of the fused candidates ("combined", in
 their own order) against every enabled source alone and the popularity and random baselines.
 "eligible" recall counts only held-out posts that existed at the snapshot: posts created later cannot
@@ -13,30 +13,24 @@ be in an index built before them, whatever the model.
 
 from __future__ import annotations
 
-import argparse
-import json
-import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from jobs import eval_recommend
-from jobs.cli import positive_int
-from jobs.config import NearlineConfig
-from jobs.eval_recommend import (
+from evaluation.metrics import MetricTable
+from evaluation.recommend import (
     BASELINES,
     BATCH_USERS,
     DEFAULT_KS,
-    MetricTable,
     comparison_lists,
     evaluation_period,
+    iso,
     known_users,
     popularity_order,
     sample_users,
-    with_fusion_file,
 )
+from nearline.config import NearlineConfig
 from serving.api import CandidateQuery
 from serving.index_side import load_index_bundle
 from serving.lineage import INDEX_POINTERS, read_pointers
@@ -75,44 +69,10 @@ def evaluate(
         "ks": list(ks),
         "users": len(users),
         "held_out_engagements": int(sum(len(period.truth[u]) for u in users)),
-        "period": {"start": eval_recommend.iso(period.start_us),
-                   "end": None if period.end_us is None else eval_recommend.iso(period.end_us)},
+        "period": {"start": iso(period.start_us),
+                   "end": None if period.end_us is None else iso(period.end_us)},
         "sources": list(sources),
         "fusion": "learned hit rates" if index.sources.hit_rates is not None else "reciprocal-rank (k=60)",
         "metrics": {name: metrics[name] for name in ("combined", *sources, *BASELINES)},
         "versions": index.versions,
     }
-
-
-def _handle(args: argparse.Namespace, config: NearlineConfig) -> int:
-    started = time.perf_counter()
-    config = with_fusion_file(config, args.fusion)
-    ks = [int(k) for k in args.ks.split(",")]
-    report = {"dataset": args.name, **evaluate(config, args.holdout_data, ks, args.max_users, args.period_hours)}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2, default=str))
-    print(f"candidate recall over {report['users']:,} users ({report['held_out_engagements']:,} held-out posts), "
-          f"fusion: {report['fusion']}")
-    print(f"{'source':<15}" + "".join(f"{f'recall@{k}':>11}{'eligible':>9}" for k in report["ks"]))
-    for name, values in report["metrics"].items():
-        print(f"{name:<15}" + "".join(
-            f"{values[f'recall@{k}']:>11.4f}{values.get(f'eligible_recall@{k}', float('nan')):>9.4f}"
-            for k in report["ks"]))
-    print(f"wrote {out} in {time.perf_counter() - started:.1f} s")
-    return 0
-
-
-def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("eval")
-    kinds = parser.add_subparsers(dest="eval_kind", metavar="KIND", required=True)
-    candidates = kinds.add_parser("candidates", help="recall@K of candidate sources on a later snapshot")
-    candidates.add_argument("--ks", "--k", default=",".join(map(str, DEFAULT_KS)), help="comma list of cut-offs")
-    candidates.add_argument("--holdout-data", required=True, help="a later snapshot of the dataset")
-    candidates.add_argument("--max-users", type=positive_int, default=2000)
-    candidates.add_argument("--period-hours", type=float, help="evaluate this long after the snapshot (default: all)")
-    candidates.add_argument("--fusion", help="a `eval recommend --fit-fusion` file (replaces serve.fusion_hit_rates)")
-    candidates.add_argument("--name", default="dataset", help="label stored in the report")
-    candidates.add_argument("--out", default="reports/candidates.json")
-    candidates.set_defaults(handler=_handle)
-    eval_recommend.add_commands(kinds)

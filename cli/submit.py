@@ -1,6 +1,6 @@
 """`nearline submit JOB [ARGS...]`: the spark-submit command that runs a nearline job on a cluster.
 
-The four packages are zipped and shipped with --py-files so executors import the
+The packages are zipped and shipped with --py-files so executors import the
 same code as the driver; the config file travels with --files. Spark settings
 come from the config's spark section, so local and cluster runs differ only in
 configuration. Prints the command; `--run` executes it.
@@ -17,10 +17,10 @@ import sys
 import zipfile
 from pathlib import Path
 
-from jobs.config import NearlineConfig, SparkConfig
+from nearline.config import NearlineConfig, SparkConfig
 
 # Every package a job may import on the driver or in an executor (serving: the Ray-free serving tables and eval code).
-PACKAGES = ("jobs", "embeddings", "retrieval", "ranking", "serving", "storage")
+PACKAGES = ("cli", "jobs", "evaluation", "inputs", "nearline", "embeddings", "retrieval", "ranking", "serving", "storage")
 
 
 def build_code_zip(repo_root: Path, out_dir: Path) -> Path:
@@ -83,7 +83,7 @@ def _handle(args: argparse.Namespace, config: NearlineConfig) -> int:
     repo_root = Path(__file__).resolve().parent.parent
     code_zip = build_code_zip(repo_root, Path(args.build_dir))
     config_path = args.config_file or args.config_path
-    command = spark_submit_command(config.spark, code_zip, repo_root / "jobs" / "cli.py", config_path,
+    command = spark_submit_command(config.spark, code_zip, repo_root / "cli" / "main.py", config_path,
                                    args.job_args, args.deploy_mode, args.config_overrides)
     print(shlex.join(command))
     if args.run:

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from jobs.config import GenerateConfig
+from nearline.config import GenerateConfig
 
 EMOJIS = [
     "😂",

@@ -19,8 +19,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from jobs.cli import positive_int
-from jobs.config import NearlineConfig, load_config
+from cli.main import positive_int
+from nearline.config import NearlineConfig, load_config
 
 
 class ServeAppArgs(BaseModel):
@@ -33,7 +33,7 @@ class ServeAppArgs(BaseModel):
 
 
 def build_app(args: dict[str, Any]):
-    """Entry point for ``serve run`` / ``serve deploy`` (import_path ``jobs.serve_app:build_app``).
+    """Entry point for ``serve run`` / ``serve deploy`` (import_path ``cli.serve:build_app``).
 
     Args:
         args: ServeAppArgs fields: ``config`` (nearline YAML) and ``overrides``.
