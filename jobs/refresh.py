@@ -4,14 +4,14 @@ Reads:  config.data.path (the contract tables); the store's serving versions (wa
 Writes: new versions in the store; CURRENT pointers switch only at the very end,
         after every stage and every validation gate passed; a run record in store/runs/
 
-Chain: validate input -> content model (bootstrap when none is serving) -> content
-embeddings -> user interests -> ranking features -> serving tables (post features and
-user lists as of the snapshot) -> ranker (warm-started from the serving one) -> user and
-user-author embeddings -> content and user indexes (each gated on recall, counts, NaN
-and dimension) -> publish.
+Chain (the STAGES table): validate input -> content model (bootstrap when none is serving)
+-> content embeddings -> user interests -> ranking features -> serving tables (post features
+and user lists as of the snapshot) -> ranker (warm-started from the serving one) -> user and
+user-author embeddings -> content and user indexes (each gated on recall, counts, NaN and
+dimension) -> publish.
 
-Each stage has a key: a hash of its config section, its upstream versions and the
-input files' fingerprint. When a previous successful run produced a version under
+Each stage declares its inputs (the dataset, earlier stages) and the config settings it
+depends on; its key, computed in one place (Stage.key), hashes their versions and values. When a previous successful run produced a version under
 the same key and that version still exists, the stage is skipped and the version
 reused, so re-running an unchanged refresh is cheap and publishes nothing new.
 """
@@ -19,6 +19,7 @@ reused, so re-running an unchanged refresh is cheap and publishes nothing new.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 import json
 import time
@@ -124,17 +125,152 @@ def _validate_input(config: NearlineConfig) -> tuple[None, dict[str, Any]]:
     return None, {"row_counts": report.row_counts}
 
 
+@dataclass
+class StageContext:
+    """What a stage's job reads: the config, the store, the Spark session, the input fingerprint, and the
+    versions the stages before it made (or reused), by stage name."""
+
+    config: NearlineConfig
+    store: Store
+    spark: Any  # a SparkSession; pyspark is imported only when a refresh starts one
+    fingerprint: str
+    versions: dict[str, str | None] = field(default_factory=dict)
+
+
+INPUT = "input"  # in Stage.inputs: the dataset itself, by its files' fingerprint
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One row of the refresh.
+
+    Attributes:
+        name: the stage (run records and `nearline runs` name it).
+        artifact: the store artifact it makes, (kind, name); published together at the end.
+        inputs: what it is built from: INPUT (the dataset) and earlier stages by name. Their
+            versions and the settings below make its key: a key an earlier run already produced is
+            not rebuilt.
+        settings: dotted config paths whose values change what it makes.
+        job: makes the artifact (staged, unpublished); returns (version, details for the record).
+        reuse_serving: when a version is serving, use it instead of building one.
+    """
+
+    name: str
+    artifact: tuple[str, str]
+    inputs: tuple[str, ...]
+    settings: tuple[str, ...]
+    job: Callable[[StageContext], tuple[str, dict[str, Any]]]
+    reuse_serving: bool = False
+
+    def key(self, context: StageContext) -> str:
+        """The one place a stage key is computed."""
+        upstream = [context.fingerprint if name == INPUT else context.versions[name] for name in self.inputs]
+        values = [config_hash(_setting(context.config, path)) for path in self.settings]
+        return stage_key(self.name, *upstream, *values)
+
+
+def _setting(config: NearlineConfig, path: str) -> Any:
+    value: Any = config
+    for part in path.split("."):
+        value = value[part] if isinstance(value, dict) else getattr(value, part)
+    return value
+
+
+def _content_model(c: StageContext) -> tuple[str, dict[str, Any]]:
+    from jobs import train_content_model
+
+    return train_content_model.train_from_dataset(c.spark, c.config, c.store, publish=False)
+
+
+def _content_embeddings(c: StageContext) -> tuple[str, dict[str, Any]]:
+    from jobs import export_content_embeddings as export
+
+    # The export gates its vectors' health (content.gate) before anything can publish them: a collapsed
+    # version fails its stage and stays staged for inspection; the record keeps the report.
+    return export.with_health(c.store, "content", export.run_content(
+        c.spark, c.config, c.store, c.versions["content_model"], False))
+
+
+def _user_interest(c: StageContext) -> tuple[str, dict[str, Any]]:
+    from jobs import export_content_embeddings as export
+
+    return export.with_health(c.store, "user_interest", export.run_user_interest(
+        c.spark, c.config, c.store, c.versions["content_embeddings"], False))
+
+
+def _features(c: StageContext) -> tuple[str, dict[str, Any]]:
+    from jobs import build_ranking_features
+
+    return _versioned(build_ranking_features.run(c.spark, c.config, content_version=c.versions["content_embeddings"]))
+
+
+def _post_features(c: StageContext) -> tuple[str, dict[str, Any]]:
+    from jobs import export_serving_tables
+
+    return _manifest(export_serving_tables.run_post_features(c.spark, c.config, False, c.fingerprint))
+
+
+def _user_lists(c: StageContext) -> tuple[str, dict[str, Any]]:
+    from jobs import export_serving_tables
+
+    return _manifest(export_serving_tables.run_user_lists(c.spark, c.config, False, c.fingerprint))
+
+
+def _ranker(c: StageContext) -> tuple[str, dict[str, Any]]:
+    from jobs import train_ranker
+
+    # Warm-started from the serving ranker. The parent is not part of the key: re-running on the same
+    # features must not warm-start a new ranker from the one the previous run produced from them.
+    parent = c.store.current("models", "ranker") or "none"
+    return _manifest(train_ranker.run(c.config, parent, c.config.refresh.ranker_sample_fraction, publish=False,
+                                      features_version=c.versions["features"]))
+
+
+def _user_vectors(kind: str) -> Callable[[StageContext], tuple[str, dict[str, Any]]]:
+    def job(c: StageContext) -> tuple[str, dict[str, Any]]:
+        from jobs import export_user_embeddings
+
+        return _manifest(export_user_embeddings.run(c.spark, c.config, kind, model_version=c.versions["ranker"],
+                                                    publish=False))
+
+    return job
+
+
+def _index(name: str, embeddings_stage: str) -> Callable[[StageContext], tuple[str, dict[str, Any]]]:
+    def job(c: StageContext) -> tuple[str, dict[str, Any]]:
+        from jobs import build_index
+
+        return _manifest(build_index.run(c.config, name, embedding_version=c.versions[embeddings_stage],
+                                         publish=False))
+
+    return job
+
+
+# The refresh, in run order. Serving reads features/post and features/user_lists instead of the raw
+# dataset; built from the same input, they publish with the ranker and indexes, so one refresh (and one
+# rollback) moves them together.
+STAGES: tuple[Stage, ...] = (
+    Stage("content_model", ("models", "content"), (INPUT,), ("content",), _content_model, reuse_serving=True),
+    Stage("content_embeddings", ("embeddings", "content"), (INPUT, "content_model"), ("content.gate.content",),
+          _content_embeddings),
+    Stage("user_interest", ("embeddings", "user_interest"), (INPUT, "content_embeddings"),
+          ("user_interest", "content.gate.user_interest"), _user_interest),
+    Stage("features", ("features", "ranking"), (INPUT, "content_embeddings"), ("ranker.features",), _features),
+    Stage("post_features", ("features", "post"), (INPUT,), ("topics",), _post_features),
+    Stage("user_lists", ("features", "user_lists"), (INPUT,),
+          ("serve.recent_posts_per_user", "serve.seen_posts_per_user", "serve.followees_per_user"), _user_lists),
+    Stage("ranker", ("models", "ranker"), ("features",), ("ranker",), _ranker),
+    Stage("user_embeddings", ("embeddings", "user"), (INPUT, "ranker"), (), _user_vectors("user")),
+    Stage("user_author_embeddings", ("embeddings", "user_author"), (INPUT, "ranker"), (),
+          _user_vectors("user-author")),
+    Stage("index_content", ("indexes", "content"), ("content_embeddings",), ("indexes.content",),
+          _index("content", "content_embeddings")),
+    Stage("index_user", ("indexes", "user"), ("user_embeddings",), ("indexes.user",), _index("user", "user_embeddings")),
+)
+
+
 def run_refresh(config: NearlineConfig, spark=None) -> dict[str, Any]:  # spark: a SparkSession, imported lazily
     """Run the whole chain once; returns the run record (also written to store/runs/)."""
-    from jobs import (
-        build_index,
-        build_ranking_features,
-        export_content_embeddings,
-        export_serving_tables,
-        export_user_embeddings,
-        train_content_model,
-        train_ranker,
-    )
     from jobs.spark import build_spark_session
 
     store = Store(config.store.root)
@@ -149,73 +285,12 @@ def run_refresh(config: NearlineConfig, spark=None) -> dict[str, Any]:  # spark:
         record["input_fingerprint"] = fingerprint
         run.stage("validate_input", None, None, lambda: _validate_input(config))
         spark = spark or build_spark_session(config.spark, expected_rows=1_000_000, app_suffix="refresh")
-
-        content_model = store.current("models", "content")
-        if content_model is None:
-            content_model = run.stage(
-                "content_model", ("models", "content"),
-                stage_key("content_model", fingerprint, config_hash(config.content)),
-                lambda: train_content_model.train_from_dataset(spark, config, store, publish=False),
-            )
-        # Both exports gate their vectors' health (content.gate) before anything can publish them: a
-        # collapsed version fails its stage and stays staged for inspection; the record keeps the report.
-        content = run.stage(
-            "content_embeddings", ("embeddings", "content"),
-            stage_key("content_embeddings", fingerprint, content_model, config_hash(config.content.gate.content)),
-            lambda: export_content_embeddings.with_health(store, "content", export_content_embeddings.run_content(
-                spark, config, store, content_model, False)),
-        )
-        run.stage(
-            "user_interest", ("embeddings", "user_interest"),
-            stage_key("user_interest", fingerprint, content, config_hash(config.user_interest),
-                      config_hash(config.content.gate.user_interest)),
-            lambda: export_content_embeddings.with_health(store, "user_interest",
-                                                          export_content_embeddings.run_user_interest(
-                                                              spark, config, store, content, False)),
-        )
-        features = run.stage(
-            "features", ("features", "ranking"),
-            stage_key("features", fingerprint, content, config_hash(config.ranker.features)),
-            lambda: _versioned(build_ranking_features.run(spark, config, content_version=content)),
-        )
-        # Serving reads these instead of the raw dataset; built from the same input, they publish
-        # with the ranker and indexes below, so one refresh (and one rollback) moves them together.
-        run.stage(
-            "post_features", ("features", "post"), stage_key("post_features", fingerprint, config_hash(config.topics)),
-            lambda: _manifest(export_serving_tables.run_post_features(spark, config, False, fingerprint)),
-        )
-        run.stage(
-            "user_lists", ("features", "user_lists"),
-            stage_key("user_lists", fingerprint, config_hash(export_serving_tables.list_caps(config.serve))),
-            lambda: _manifest(export_serving_tables.run_user_lists(spark, config, False, fingerprint)),
-        )
-        parent = store.current("models", "ranker")
-        # The parent is not part of the key: re-running on the same features must not warm-start
-        # a new ranker from the one the previous run produced from those very features.
-        ranker = run.stage(
-            "ranker", ("models", "ranker"),
-            stage_key("ranker", features, config_hash(config.ranker)),
-            lambda: _manifest(train_ranker.run(config, parent or "none", config.refresh.ranker_sample_fraction,
-                                               publish=False, features_version=features)),
-        )
-        user = run.stage(
-            "user_embeddings", ("embeddings", "user"), stage_key("user_embeddings", fingerprint, ranker),
-            lambda: _manifest(export_user_embeddings.run(spark, config, "user", model_version=ranker, publish=False)),
-        )
-        run.stage(
-            "user_author_embeddings", ("embeddings", "user_author"),
-            stage_key("user_author_embeddings", fingerprint, ranker),
-            lambda: _manifest(export_user_embeddings.run(spark, config, "user-author", model_version=ranker,
-                                                      publish=False)),
-        )
-        for name, embedding_version in (("content", content), ("user", user)):
-            # The loop values bound as defaults (ruff B023), although run.stage calls build at once.
-            def build(name: str = name, embedding_version: str | None = embedding_version) -> tuple[str, dict[str, Any]]:
-                return _manifest(build_index.run(config, name, embedding_version=embedding_version, publish=False))
-
-            run.stage(
-                f"index_{name}", ("indexes", name),
-                stage_key(f"index_{name}", embedding_version, config_hash(config.indexes[name])), build,
+        context = StageContext(config, store, spark, fingerprint)
+        for stage in STAGES:
+            serving = store.current(*stage.artifact) if stage.reuse_serving else None
+            context.versions[stage.name] = serving or run.stage(
+                stage.name, stage.artifact, stage.key(context),
+                functools.partial(stage.job, context),
             )
         run.stage("publish", None, None, lambda: (None, _publish(store, run.staged, config.store.keep_versions)))
         published = run.stages[-1].details["published"]

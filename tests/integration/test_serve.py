@@ -130,7 +130,11 @@ def test_concurrent_requests_are_batched_and_answered_each_their_own(app):
             with pytest.raises(Exception, match="424242"):
                 response.result()
         else:
-            assert response.result() == alone[user]
+            batched = response.result()
+            # The ranker scores a batch in one matmul: its float32 sums may differ in the last bits from a
+            # batch of one, so the posts, their order and sources match exactly and the scores closely.
+            assert [(i["post_id"], i["source"]) for i in batched] == [(i["post_id"], i["source"]) for i in alone[user]]
+            assert [i["score"] for i in batched] == pytest.approx([i["score"] for i in alone[user]], rel=1e-5)
     replica = app["client"].get("/v1/versions").json()["replica"]
     assert replica["batching"] == {"max_batch_size": 64, "batch_wait_timeout_s": 0.0}
     totals = replica["batches_since_start"]["recommend"]
